@@ -1,0 +1,48 @@
+"""Every exception this package raises derives from :class:`LimiterError`.
+
+Invalid input raises :class:`InvalidArgument` (a ``ValueError``) or
+:class:`InvalidArgumentType` (a ``TypeError``) before anything is sent to
+Redis, so a rejected call never changes shared state.
+"""
+
+from __future__ import annotations
+
+
+class LimiterError(Exception):
+    """Root of every error raised by ``ratelimit``."""
+
+
+class InvalidArgument(LimiterError, ValueError):
+    """An argument has the right type but an unusable value (negative, NaN, empty...)."""
+
+
+class InvalidArgumentType(InvalidArgument, TypeError):
+    """An argument has the wrong type (a ``bool`` or ``str`` where a number belongs...)."""
+
+
+class UnknownDimension(InvalidArgument):
+    """A cost names a dimension the limiter was not configured with."""
+
+
+class CostExceedsCapacity(InvalidArgument):
+    """A cost is larger than its bucket can ever hold, so waiting would never end."""
+
+
+class AcquireTimeout(LimiterError):
+    """Admission would come later than the caller's timeout; nothing was consumed.
+
+    ``retry_after`` is the number of seconds after which the same request
+    would have been admitted had nobody else asked in the meantime.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BackendError(LimiterError):
+    """Redis could not be reached or answered with an error; the cause is chained."""
+
+
+class UnknownModel(InvalidArgument):
+    """A model ID has no entry in the price table and no fallback price is configured."""
