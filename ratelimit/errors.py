@@ -46,3 +46,11 @@ class BackendError(LimiterError):
 
 class UnknownModel(InvalidArgument):
     """A model ID has no entry in the price table and no fallback price is configured."""
+
+
+class RedisUnavailable(BackendError):
+    """Redis could not be reached (connection refused, timed out, cluster down).
+
+    What admission does then is the limiter's ``on_redis_error`` choice:
+    ``"raise"`` this error, ``"allow"`` the call unmetered, or ``"deny"`` it.
+    """

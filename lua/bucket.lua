@@ -1,0 +1,75 @@
+-- bucket.lua: shared helpers, prepended to acquire.lua, settle.lua and state.lua
+-- when they are loaded. It defines no KEYS/ARGV contract of its own: each of
+-- those scripts documents its KEYS and ARGV, and calls these functions.
+--
+-- A dimension's bucket is one field of the quota's state hash:
+--   field = dimension name
+--   value = "<level> <rem> <den> <ts>" (decimal integers)
+--     level  micro-units now in the bucket at time ts; negative while callers
+--            are booked ahead of the refill ("waiting is booked, not polled")
+--     rem    fraction of one micro-unit already refilled, in 1/den steps
+--     den    the rate's denominator when rem was written (a new rate resets rem)
+--     ts     Redis TIME of the last write, microseconds since the epoch
+-- The refill rate is num/den micro-units per microsecond, an exact fraction
+-- with num*den < 2^50, so every product below stays an exact double
+-- (integers below 2^53). A missing field is a full bucket, which is also why
+-- the hash may expire once every bucket in it would be full again.
+
+-- Redis server time in microseconds (below 2^53, exact as a double).
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- "level rem den ts" -> table, or nil for an absent bucket.
+local function decode(raw)
+  if not raw then return nil end
+  local level, rem, den, ts = string.match(raw, '^(-?%d+) (%d+) (%d+) (%d+)$')
+  return { tonumber(level), tonumber(rem), tonumber(den), tonumber(ts) }
+end
+
+local function encode(level, rem, den, ts)
+  return string.format('%.0f %.0f %.0f %.0f', level, rem, den, ts)
+end
+
+-- Level and remainder of a bucket refilled up to `now`, capped at `cap`.
+local function refill(cur, cap, num, den, now)
+  if not cur then return cap, 0 end
+  local level, rem, ts = cur[1], cur[2], cur[4]
+  if cur[3] ~= den then rem = 0 end
+  if level >= cap then return cap, 0 end
+  local elapsed = now - ts
+  if elapsed <= 0 then return level, rem end
+  -- Long idle: full for sure (the bound has a margin of one whole den, far
+  -- above the rounding of this one division).
+  if elapsed >= (cap - level) / num * den + den then return cap, 0 end
+  -- gained = floor((elapsed * num + rem) / den), split so no product passes 2^53.
+  local q = math.floor(elapsed / den)
+  local r = elapsed - q * den
+  local t = r * num + rem
+  local carry = math.floor(t / den)
+  level = level + q * num + carry
+  rem = t - carry * den
+  if level >= cap then return cap, 0 end
+  return level, rem
+end
+
+-- Microseconds until a bucket at (level, rem) holds `need` micro-units,
+-- rounded up (never early). Exact while (need - level) * den < 2^52; above
+-- that the double result gets one extra microsecond of margin.
+local function wait_for(level, rem, need, num, den)
+  if level >= need then return 0 end
+  local ticks = (need - level) * den - rem
+  local w = math.ceil(ticks / num)
+  if (need - level) * den >= 4503599627370496 then w = w + 1 end
+  return w
+end
+
+-- Keep a key alive at least `ms` more milliseconds, never shortening its TTL
+-- (another caller's buckets in the same hash may need longer).
+local function extend_ttl(key, ms)
+  ms = math.ceil(ms)
+  if ms < 1 then ms = 1 end
+  local ttl = redis.call('PTTL', key)
+  if ttl < ms then redis.call('PEXPIRE', key, ms) end
+end

