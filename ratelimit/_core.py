@@ -180,6 +180,7 @@ class Grant:
     wait_s: float
     now_us: int
     backed: bool = True
+    outage: RedisUnavailable | None = field(default=None, compare=False)
 
     @property
     def admitted_at_us(self) -> int:
@@ -352,19 +353,21 @@ class QuotaSpec:
         if self.on_redis_error == "raise":
             raise exc
         log.warning(
-            "Redis unreachable, %s %r unmetered: %s",
-            "admitting" if self.on_redis_error == "allow" else "denying",
+            "Redis unreachable, %s %r: %s",
+            "admitting unmetered" if self.on_redis_error == "allow" else "denying",
             self.name,
             exc.__cause__ or exc,
         )
-        return Grant(self.on_redis_error == "allow", 0.0, 0, backed=False)
+        return Grant(self.on_redis_error == "allow", 0.0, 0, backed=False, outage=exc)
 
     def timeout_error(self, grant: Grant, timeout_s: object) -> AcquireTimeout:
         """The error for a denied grant (the caller would wait past its timeout)."""
         if not grant.backed:
-            return AcquireTimeout(
-                f"Redis is unreachable and {self.name!r} denies on_redis_error", 1.0
+            error = AcquireTimeout(
+                f"Redis is unreachable and {self.name!r} has on_redis_error='deny'", 1.0
             )
+            error.__cause__ = grant.outage
+            return error
         if grant.wait_s < 0:
             return AcquireTimeout(
                 f"{self.name!r} is booked too far ahead to take this request", math.inf

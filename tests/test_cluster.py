@@ -1,0 +1,108 @@
+"""A real Redis Cluster (three primaries started by the test) runs the same scripts.
+
+Every key of a quota shares one hash tag, so each script call touches one slot
+and redis-py routes it to the node that owns it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+import redis
+import redis.asyncio.cluster
+import redis.cluster
+
+import ratelimit.asyncio
+from ratelimit import Limiter, Rate
+from ratelimit.server import EmbeddedServer
+
+SLOTS = 16384
+
+
+@pytest.fixture(scope="module")
+def cluster_nodes() -> Iterator[list[int]]:
+    """Ports of a three-primary cluster, slots split evenly, no replicas."""
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                EmbeddedServer(
+                    extra_args=("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+                )
+            )
+            for _ in range(3)
+        ]
+        clients = [redis.Redis(port=s.port) for s in servers]
+        share = SLOTS // len(servers)
+        for i, client in enumerate(clients):
+            end = SLOTS if i == len(servers) - 1 else (i + 1) * share
+            client.execute_command("CLUSTER ADDSLOTS", *range(i * share, end))  # type: ignore[no-untyped-call]
+        for server in servers[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", server.port)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + 20
+        while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients):
+            assert time.monotonic() < deadline, "cluster did not converge"
+            time.sleep(0.1)
+        for client in clients:
+            client.close()
+        yield [s.port for s in servers]
+
+
+@pytest.fixture
+def cluster(cluster_nodes: list[int]) -> Iterator[redis.cluster.RedisCluster]:
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster_nodes[0])
+    client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+def test_quotas_on_different_nodes(cluster: redis.cluster.RedisCluster) -> None:
+    limiters = [Limiter(cluster, f"quota-{i}", requests=Rate(2, per=3600)) for i in range(12)]
+    nodes = {
+        cluster.get_node_from_key(lim._spec.state_key).name  # type: ignore[no-untyped-call]
+        for lim in limiters
+    }
+    assert len(nodes) == 3  # the quotas really are spread over the nodes
+    for limiter in limiters:
+        permit = limiter.acquire()
+        assert limiter.try_acquire() is not None
+        assert limiter.try_acquire() is None
+        assert permit.settle(requests=0).applied
+        assert limiter.state()["requests"].available == pytest.approx(1, abs=0.01)
+
+
+def test_keys_of_a_quota_share_one_slot(cluster: redis.cluster.RedisCluster) -> None:
+    limiter = Limiter(cluster, "team-a", requests=Rate(5, per=60), tokens=Rate(100, per=60))
+    limiter.acquire(tokens=10)
+    spec = limiter._spec
+    keys = (spec.state_key, spec.permits_key, spec.leases_key)
+    slots = {cluster.keyslot(k) for k in keys}  # type: ignore[no-untyped-call]
+    assert len(slots) == 1
+
+
+def test_noscript_recovers_on_every_node(
+    cluster: redis.cluster.RedisCluster, cluster_nodes: list[int]
+) -> None:
+    limiters = [Limiter(cluster, f"q{i}", requests=Rate(5, per=60)) for i in range(6)]
+    for limiter in limiters:
+        limiter.acquire()
+    for port in cluster_nodes:
+        node = redis.Redis(port=port)
+        node.script_flush()
+        node.close()
+    for limiter in limiters:
+        assert limiter.acquire().settle().applied
+
+
+async def test_async_cluster_client(cluster_nodes: list[int]) -> None:
+    client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=cluster_nodes[0])
+    try:
+        limiter = ratelimit.asyncio.Limiter(client, "async-q", requests=Rate(1, per=3600))
+        permit = await limiter.acquire()
+        assert await limiter.try_acquire() is None
+        assert (await permit.cancel()).applied
+        assert await limiter.try_acquire() is not None
+    finally:
+        await client.aclose()
