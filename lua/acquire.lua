@@ -1,84 +1,95 @@
--- acquire.lua: check and debit every dimension of one request together, or none.
+-- acquire.lua: check and debit every dimension of every scope of one request
+-- together, or none.
 --
--- KEYS[1]  permits hash: permit id -> "<admit_us> <k>:<dim>:<cost_micro> ..."
--- KEYS[2]  leases sorted set: permit id scored by its lease end (microseconds)
--- KEYS[3..] state hashes, one per scope (see bucket.lua for the field format)
+-- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
 -- ARGV[1]  permit id (a fresh random string from the client)
 -- ARGV[2]  max_wait_us: the longest the caller will wait, microseconds; -1 = no limit
--- ARGV[3]  lease_us: how long a permit stays settleable after its admission, microseconds
--- ARGV[4]  n: number of dimensions that follow, 6 arguments each:
---          k (index into KEYS of the dimension's state hash), dim name,
---          cap (capacity, micro-units), num, den (refill num/den micro-units per
---          microsecond), cost (micro-units, 0 <= cost <= cap)
--- Reply    {1, wait_us, now_us}: admitted; the caller sleeps wait_us, then goes
---          ahead without asking again (its place is booked: the buckets were
---          debited now and may be negative until the refill catches up).
---          {0, retry_after_us, now_us}: admission would come later than
---          max_wait_us; nothing was changed.
+-- ARGV[3]  lease_us: how long after admission the permit may stay unsettled
+--          before a later call reclaims it
+-- ARGV[4..] the scope block (quota.lua), amounts = costs (0 <= cost <= cap),
+--          then model (ledger label, may be empty) and blob (opaque ledger
+--          record from the client, kept for a reclaim)
+-- Reply    {1, wait_us, now_us, alerts}: admitted; the caller sleeps wait_us,
+--          then goes ahead without asking again (its place is booked: the
+--          buckets were debited now and may be negative until the refill
+--          catches up); budgets reserved the cost.
+--          {0, retry_after_us, now_us, alerts}: admission would come later
+--          than max_wait_us (-1 when never); nothing of this request was taken.
+--          {-1, now_us, alerts, j, spent, reserved, limit, period_end_us}:
+--          scope j's budget cannot take the cost this period; waiting won't help.
+--          {-2, now_us}: the budget periods sent do not hold now_us (client
+--          clock far off): nothing changed; resend periods around now_us.
+--          alerts: {{j, threshold_ppm, spent, limit, period}, ...} crossed by
+--          reclaimed permits during this call.
 -- A retry with the same permit id (a reply lost to a timeout) returns the
 -- first booking again instead of booking twice.
 
-local permits, leases = KEYS[1], KEYS[2]
 local id = ARGV[1]
 local max_wait = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
+local scopes, at = read_scopes(4)
+local model, blob = ARGV[at], ARGV[at + 1]
 local now = now_us()
 
-local booked = redis.call('HGET', permits, id)
+local booked = redis.call('HGET', PERMITS, id)
 if booked then
-  local at = tonumber(string.match(booked, '^(%d+)'))
-  return { 1, math.max(0, at - now), now }
+  return { 1, math.max(0, decode_record(booked).admit - now), now, {} }
 end
+
+local out = { alerts = {}, overshoots = {} }
+if not reclaim_expired(scopes, now, out) then return { -2, now } end
 
 -- Debt past this would leave the exact range of doubles; no real quota gets near.
 local FLOOR = -2251799813685248
-
-local dims = {}
 local wait = 0
-for i = 0, n - 1 do
-  local b = 5 + 6 * i
-  local d = {
-    key = KEYS[tonumber(ARGV[b])], k = ARGV[b], name = ARGV[b + 1],
-    cap = tonumber(ARGV[b + 2]), num = tonumber(ARGV[b + 3]),
-    den = tonumber(ARGV[b + 4]), cost = tonumber(ARGV[b + 5]),
-  }
-  d.level, d.rem = refill(decode(redis.call('HGET', d.key, d.name)), d.cap, d.num, d.den, now)
-  local w = wait_for(d.level, d.rem, d.cost, d.num, d.den)
-  if w > wait then wait = w end
-  if d.level - d.cost < FLOOR then wait = math.huge end
-  dims[i + 1] = d
+for _, scope in ipairs(scopes) do
+  for _, d in ipairs(scope.rates) do
+    d.level, d.rem = refill(decode(redis.call('HGET', scope.state, d.name)), d.cap, d.num, d.den,
+      now)
+    local w = wait_for(d.level, d.rem, d.amount, d.num, d.den)
+    if w > wait then wait = w end
+    if d.level - d.amount < FLOOR then wait = math.huge end
+  end
+  local b = scope.budget
+  if b then
+    local st = load_budget(scope, now)
+    if not st then return { -2, now } end
+    if b.amount > 0 and st.spent + st.reserved + b.amount > b.limit then
+      return { -1, now, out.alerts, scope.j, string.format('%.0f', st.spent),
+        string.format('%.0f', st.reserved), string.format('%.0f', b.limit),
+        string.format('%.0f', st.stop) }
+    end
+  end
 end
 
 if wait == math.huge or (max_wait >= 0 and wait > max_wait) then
   if wait == math.huge then wait = -1 end
-  return { 0, wait, now }
-end
-
-local record = { string.format('%.0f', now + wait) }
-local full_in = {}
-for _, d in ipairs(dims) do
-  local level = d.level - d.cost
-  redis.call('HSET', d.key, d.name, encode(level, d.rem, d.den, now))
-  record[#record + 1] = d.k .. ':' .. d.name .. ':' .. string.format('%.0f', d.cost)
-  local f = wait_for(level, d.rem, d.cap, d.num, d.den)
-  if f > (full_in[d.key] or 0) then full_in[d.key] = f end
-end
-for key, us in pairs(full_in) do extend_ttl(key, us / 1000 + 1) end
-
--- Forget permits whose lease ended without a settle (a few per call keeps this
--- O(1) per call and the hash bounded); rate buckets keep what such a permit took.
-local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 8)
-if #expired > 0 then
-  redis.call('HDEL', permits, unpack(expired))
-  redis.call('ZREM', leases, unpack(expired))
+  return { 0, wait, now, out.alerts }
 end
 
 local lease_end = now + wait + lease
-redis.call('HSET', permits, id, table.concat(record, ' '))
-redis.call('ZADD', leases, lease_end, id)
-local last = redis.call('ZRANGE', leases, -1, -1, 'WITHSCORES')
-local keep_ms = (tonumber(last[2]) - now) / 1000 + 1
-extend_ttl(permits, keep_ms)
-extend_ttl(leases, keep_ms)
-return { 1, wait, now }
+local parts = {}
+for _, scope in ipairs(scopes) do
+  local full_in = 0
+  for _, d in ipairs(scope.rates) do
+    local level = d.level - d.amount
+    redis.call('HSET', scope.state, d.name, encode(level, d.rem, d.den, now))
+    parts[#parts + 1] = scope.j .. ':' .. d.name .. ':' .. string.format('%.0f', d.amount)
+    full_in = math.max(full_in, wait_for(level, d.rem, d.cap, d.num, d.den))
+  end
+  if #scope.rates > 0 then extend_ttl(scope.state, full_in / 1000 + 1) end
+  local b = scope.budget
+  if b then
+    b.st.reserved = b.st.reserved + b.amount
+    parts[#parts + 1] = scope.j .. ':$' .. b.name .. ':' .. string.format('%.0f', b.amount)
+    save_budget(scope, now, lease_end)
+  end
+end
+
+redis.call('HSET', PERMITS, id, encode_record(now + wait, parts, model, blob))
+redis.call('ZADD', LEASES, lease_end, id)
+local last = redis.call('ZRANGE', LEASES, -1, -1, 'WITHSCORES')
+local keep_ms = (tonumber(last[2]) + GRACE_US - now) / 1000
+extend_ttl(PERMITS, keep_ms)
+extend_ttl(LEASES, keep_ms)
+return { 1, wait, now, out.alerts }

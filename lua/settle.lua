@@ -1,50 +1,43 @@
 -- settle.lua: turn a permit's reservation into its actual cost, once.
 --
--- KEYS[1]  permits hash (as in acquire.lua)
--- KEYS[2]  leases sorted set (as in acquire.lua)
--- KEYS[3..] state hashes, one per scope
+-- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
 -- ARGV[1]  permit id
--- ARGV[2]  n: number of dimensions that follow, 6 arguments each:
---          k (index into KEYS), dim name, cap, num, den (as in acquire.lua),
---          actual (micro-units actually used; -1 = keep what was reserved)
--- Reply    {status, now_us}: status 1 = settled: each bucket got back
---          reserved - actual (capped at its capacity) or, when actual is
---          larger, was debited the difference (it may go into debt, so later
---          callers wait); 0 = unknown permit (already settled or cancelled,
---          from this process or another, or its lease ended first: the
---          reservation stays spent): nothing changed.
--- A cancel is a settle with every actual = 0, also for a booking still in line.
+-- ARGV[2..] the scope block (quota.lua), amounts = actual use (-1 = keep
+--          what was reserved; a cancel sends 0 everywhere), then model and
+--          blob for the ledger entry (model "" = the one given at acquire)
+-- Reply    {status, now_us, alerts, overshoots}
+--          status 1 = settled: each rate bucket got back reserved - actual
+--          (capped at its capacity) or, when actual is larger, was debited
+--          the difference (it may go into debt, so later callers wait); each
+--          budget turned its reservation into the actual spend, with a ledger
+--          entry and its spend counter; 0 = unknown permit (already settled,
+--          cancelled or reclaimed, by this process or another): nothing
+--          changed; -2 = the budget periods sent do not hold now_us.
+--          alerts as in acquire.lua; overshoots: {{j, nano-dollars}, ...}
+--          where a budget's actual cost passed its reservation.
+-- A settle after the lease ended still applies while no call has reclaimed
+-- the permit yet: the actual cost is better than the worst case.
 
-local permits, leases = KEYS[1], KEYS[2]
 local id = ARGV[1]
-local n = tonumber(ARGV[2])
+local scopes, at = read_scopes(2)
+local model, blob = ARGV[at], ARGV[at + 1]
 local now = now_us()
 
-local record = redis.call('HGET', permits, id)
-if not record then return { 0, now } end
-redis.call('HDEL', permits, id)
-local lease_end = tonumber(redis.call('ZSCORE', leases, id))
-redis.call('ZREM', leases, id)
-if lease_end and lease_end < now then return { 0, now } end
+local record = redis.call('HGET', PERMITS, id)
+if not record then return { 0, now, {}, {} } end
+local rec = decode_record(record)
+if model == '' then model = rec.model end
+if blob == '' then blob = rec.blob end
 
-local reserved = {}
-for dim, cost in string.gmatch(record, ' (%d+:[%w_]+):(%d+)') do
-  reserved[dim] = tonumber(cost)
+local out = { alerts = {}, overshoots = {} }
+local function actual(d, reserved)
+  if d.amount < 0 then return reserved end
+  return d.amount
 end
-
-for i = 0, n - 1 do
-  local b = 3 + 6 * i
-  local key = KEYS[tonumber(ARGV[b])]
-  local name = ARGV[b + 1]
-  local cap, num, den = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  local actual = tonumber(ARGV[b + 5])
-  local back = actual >= 0 and (reserved[ARGV[b] .. ':' .. name] or 0) - actual or 0
-  if back ~= 0 then
-    local level, rem = refill(decode(redis.call('HGET', key, name)), cap, num, den, now)
-    level = level + back
-    if level >= cap then level, rem = cap, 0 end
-    redis.call('HSET', key, name, encode(level, rem, den, now))
-    extend_ttl(key, wait_for(level, rem, cap, num, den) / 1000 + 1)
-  end
+if not finish_permit(scopes, id, rec, actual, 'settled', model, blob, now, out) then
+  return { -2, now }
 end
-return { 1, now }
+redis.call('HDEL', PERMITS, id)
+redis.call('ZREM', LEASES, id)
+if not reclaim_expired(scopes, now, out) then return { -2, now } end
+return { 1, now, out.alerts, out.overshoots }

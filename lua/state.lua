@@ -1,18 +1,30 @@
--- state.lua: read every dimension's level now, without changing anything.
+-- state.lua: every dimension of every scope as it stands now.
 --
--- KEYS[1..] state hashes, one per scope
--- ARGV[1]  n: number of dimensions that follow, 5 arguments each:
---          k (index into KEYS), dim name, cap, num, den (as in acquire.lua)
--- Reply    {now_us, level_1, ..., level_n}: micro-units in each bucket at
---          now_us, refilled and capped; negative while callers are booked ahead.
+-- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
+-- ARGV[1..] the scope block (quota.lua); amounts are ignored
+-- Reply    {now_us, levels, budgets, alerts} or {-2, now_us} (periods sent
+--          do not hold now_us). levels: micro-units in each rate bucket, in
+--          the order sent, refilled and capped (negative while callers are
+--          booked ahead); budgets: {spent, reserved, period_end_us} per scope
+--          with a budget, in order; alerts as in acquire.lua.
+-- It writes only to reclaim permits whose lease ended, so that what it
+-- reports as reserved is what is really in flight.
 
-local n = tonumber(ARGV[1])
+local scopes = read_scopes(1)
 local now = now_us()
-local reply = { now }
-for i = 0, n - 1 do
-  local b = 2 + 5 * i
-  local raw = redis.call('HGET', KEYS[tonumber(ARGV[b])], ARGV[b + 1])
-  local cap, num, den = tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  reply[i + 2] = refill(decode(raw), cap, num, den, now)
+local out = { alerts = {}, overshoots = {} }
+if not reclaim_expired(scopes, now, out) then return { -2, now } end
+local levels, budgets = {}, {}
+for _, scope in ipairs(scopes) do
+  for _, d in ipairs(scope.rates) do
+    levels[#levels + 1] = refill(decode(redis.call('HGET', scope.state, d.name)), d.cap, d.num,
+      d.den, now)
+  end
+  if scope.budget then
+    local st = load_budget(scope, now)
+    if not st then return { -2, now } end
+    budgets[#budgets + 1] = { string.format('%.0f', st.spent), string.format('%.0f', st.reserved),
+      string.format('%.0f', st.stop) }
+  end
 end
-return reply
+return { now, levels, budgets, out.alerts }

@@ -10,10 +10,20 @@
 The asyncio client is :mod:`ratelimit.asyncio`, with the same names.
 """
 
-from ratelimit._core import DimensionState, Rate, Settlement
+from ratelimit._core import (
+    Alert,
+    Budget,
+    BudgetState,
+    DimensionState,
+    Ledger,
+    QuotaState,
+    Rate,
+    Settlement,
+)
 from ratelimit.errors import (
     AcquireTimeout,
     BackendError,
+    BudgetExceeded,
     CostExceedsCapacity,
     InvalidArgument,
     InvalidArgumentType,
@@ -22,18 +32,27 @@ from ratelimit.errors import (
     UnknownDimension,
     UnknownModel,
 )
-from ratelimit.limiter import Limiter, Permit
+from ratelimit.limiter import Limiter, LimiterGroup, Permit
+from ratelimit.pricing import Pricing
 
 __all__ = [
     "AcquireTimeout",
+    "Alert",
     "BackendError",
+    "Budget",
+    "BudgetExceeded",
+    "BudgetState",
     "CostExceedsCapacity",
     "DimensionState",
     "InvalidArgument",
     "InvalidArgumentType",
+    "Ledger",
     "Limiter",
     "LimiterError",
+    "LimiterGroup",
     "Permit",
+    "Pricing",
+    "QuotaState",
     "Rate",
     "RedisUnavailable",
     "Settlement",

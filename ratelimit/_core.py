@@ -1,65 +1,94 @@
 """The pure core: validation, key layout, script arguments and reply parsing.
 
-Nothing here does I/O. The sync :mod:`ratelimit.limiter` and the asyncio
-:mod:`ratelimit.asyncio` shells build a :class:`ScriptCall` with these
-functions, send it, and hand the reply back here to be read, so both clients
+Nothing here does I/O. An operation (acquire, settle, state) is a generator
+that yields :class:`ScriptCall` objects and receives their replies; the sync
+:mod:`ratelimit.limiter` and the asyncio :mod:`ratelimit.asyncio` shells only
+drive it (``send`` the reply, or ``throw`` the Redis error), so both clients
 share every rule.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgpack  # type: ignore[import-untyped]
 import redis.exceptions
 
 from ratelimit.errors import (
     AcquireTimeout,
     BackendError,
+    BudgetExceeded,
     CostExceedsCapacity,
     InvalidArgument,
     InvalidArgumentType,
     RedisUnavailable,
     UnknownDimension,
 )
+from ratelimit.pricing import Pricing, token_counts
 
 log = logging.getLogger("ratelimit")
 
 #: Every key starts with this prefix; bumped whenever a script's storage format changes.
 KEY_PREFIX = "rl:v1:"
 
-#: One unit (a request, a token) is stored as this many integer micro-units.
+#: Channel on which the scripts publish every alert (tab-separated fields).
+ALERT_CHANNEL = "rl:v1:alerts"
+
+#: One unit of a rate dimension (a request, a token) is this many integer micro-units.
 MICRO = 1_000_000
+
+#: One US dollar is this many integer nano-dollars. Every published price per
+#: million tokens has at most three decimals, so every token's cost is a whole
+#: number of nano-dollars and sums stay exact.
+NANO = 1_000_000_000
 
 #: The Lua scripts compute in doubles: integers must stay below 2^53 to be exact.
 #: Rates are reduced to num/den micro-units per microsecond with num * den below
 #: this bound, which leaves the scripts' intermediate products room to spare.
 _RATE_PRODUCT_LIMIT = 2**50
 _MAX_CAPACITY_MICRO = 2**50
+_MAX_BUDGET_NANO = 2**52
 
 #: Dimension names are Python identifiers (they are keyword arguments); names
-#: that would shadow an argument of acquire() are refused.
+#: that would shadow an argument of acquire() or settle() are refused.
 _DIMENSION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_RESERVED_NAMES = frozenset({"timeout"})
+RESERVED_NAMES = frozenset({"timeout", "model", "tags", "usage"})
 
 OnRedisError = Literal["raise", "allow", "deny"]
 _ON_REDIS_ERROR: tuple[OnRedisError, ...] = ("raise", "allow", "deny")
 
 DEFAULT_LEASE_S = 600.0
+DEFAULT_LEDGER_MAXLEN = 1_000_000
 
 
-def _exact(value: object, what: str) -> Decimal:
-    """A finite number as an exact Decimal; bools, strings and NaN/infinity are refused."""
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal | Fraction):
+# -- numbers -----------------------------------------------------------------
+
+
+def _exact(value: object, what: str, *, strings: bool = False) -> Decimal:
+    """A finite number as an exact Decimal; bools, NaN and infinity are refused.
+
+    Strings are accepted only where ``strings`` says so (money: "0.0123").
+    """
+    if isinstance(value, str) and strings:
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            raise InvalidArgument(f"{what} must be a number, got {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, int | float | Decimal | Fraction):
         raise InvalidArgumentType(f"{what} must be a number, not {type(value).__name__}")
-    if isinstance(value, Fraction):
+    elif isinstance(value, Fraction):
         number = Decimal(value.numerator) / Decimal(value.denominator)
     elif isinstance(value, float):
         # The shortest repr is what the user wrote: 0.1 means one tenth.
@@ -78,15 +107,33 @@ def _positive(value: object, what: str) -> Decimal:
     return number
 
 
-def to_micro(value: object, what: str) -> int:
-    """A non-negative cost in units as integer micro-units, rounded up (never under-charged)."""
-    number = _exact(value, what)
+def _scaled(value: object, what: str, scale: int, *, strings: bool = False) -> int:
+    """A non-negative amount as an integer count of 1/scale units, rounded up."""
+    number = _exact(value, what, strings=strings)
     if number < 0:
         raise InvalidArgument(f"{what} must not be negative, got {value!r}")
     try:
-        return math.ceil(number * MICRO)
+        return math.ceil(number * scale)
     except (InvalidOperation, OverflowError) as exc:  # pragma: no cover - absurd exponents
         raise InvalidArgument(f"{what} is too large: {value!r}") from exc
+
+
+def to_micro(value: object, what: str) -> int:
+    """A non-negative cost in units as integer micro-units, rounded up (never under-charged)."""
+    return _scaled(value, what, MICRO)
+
+
+def to_nano(value: object, what: str) -> int:
+    """A non-negative USD amount (number or numeric string) as nano-dollars, rounded up."""
+    return _scaled(value, what, NANO, strings=True)
+
+
+def usd(nano: int) -> Decimal:
+    """Nano-dollars as exact US dollars."""
+    return Decimal(nano) / NANO
+
+
+# -- dimensions --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -148,71 +195,287 @@ class Rate:
         return reduced.numerator, reduced.denominator
 
 
-@dataclass(frozen=True)
-class Dimension:
-    """One configured bucket of a quota, in the integers the scripts use."""
+Period = Literal["day", "month"]
 
+
+@dataclass(frozen=True)
+class Budget:
+    """A spending limit of ``usd`` US dollars per calendar ``per`` (day or month).
+
+    A period runs from local midnight (or the first of the month) in the time
+    zone ``tz`` to the next one, as decided by Redis time, so a day may be 23
+    or 25 hours long when daylight saving changes. ``alerts`` are fractions of
+    the limit; each fires once per period when the spend reaches it.
+    """
+
+    usd: Decimal | float | int | str
+    per: Period = "day"
+    tz: str = "UTC"
+    alerts: tuple[float, ...] = (0.5, 0.8, 1.0)
+
+    def __post_init__(self) -> None:
+        limit = self.limit_nano
+        if limit < 1 or limit > _MAX_BUDGET_NANO:
+            raise InvalidArgument(
+                f"Budget usd must be between one nano-dollar and {usd(_MAX_BUDGET_NANO)}"
+            )
+        if self.per not in ("day", "month"):
+            raise InvalidArgument(f"Budget per must be 'day' or 'month', got {self.per!r}")
+        self.zone  # noqa: B018 - validates tz
+        if isinstance(self.alerts, str) or not isinstance(self.alerts, Iterable):
+            raise InvalidArgumentType("Budget alerts must be a sequence of fractions")
+        for threshold in self.alerts:
+            _positive(threshold, "Budget alert threshold")
+
+    @property
+    def limit_usd(self) -> Decimal:
+        """The limit in exact US dollars."""
+        return _exact(self.usd, "Budget usd", strings=True)
+
+    @property
+    def limit_nano(self) -> int:
+        """The limit in nano-dollars, rounded down (never more than asked)."""
+        return math.floor(self.limit_usd * NANO)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The budget's time zone."""
+        if not isinstance(self.tz, str) or not self.tz:
+            raise InvalidArgumentType(f"Budget tz must be an IANA zone name, got {self.tz!r}")
+        try:
+            return ZoneInfo(self.tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise InvalidArgument(f"unknown time zone {self.tz!r}") from exc
+
+    def thresholds(self) -> list[tuple[int, int]]:
+        """Each alert as (parts per million of the limit, nano-dollars), ascending."""
+        limit = self.limit_usd
+        points = sorted({_exact(t, "Budget alert threshold") for t in self.alerts})
+        return [(math.ceil(t * MICRO), math.ceil(t * limit * NANO)) for t in points]
+
+    def periods_around(self, instant_us: int) -> tuple[list[int], list[str]]:
+        """Starts (µs) of the periods before, holding and after ``instant_us``, plus one more."""
+        return calendar_around(instant_us, self.zone, self.per)
+
+
+def calendar_around(instant_us: int, zone: ZoneInfo, per: Period) -> tuple[list[int], list[str]]:
+    """Four period starts in microseconds and the labels of the three periods between them.
+
+    The middle period holds ``instant_us``; the others give the scripts room
+    to place a Redis time that differs from this estimate by up to a period.
+    """
+    local = datetime.fromtimestamp(instant_us / MICRO, zone)
+    if per == "day":
+        day = local.date()
+        dates = [day + timedelta(days=k) for k in (-1, 0, 1, 2)]
+        starts = [datetime(d.year, d.month, d.day, tzinfo=zone) for d in dates]
+        labels = [d.isoformat() for d in dates[:3]]
+    else:
+        months = [(local.year * 12 + local.month - 1) + k for k in (-1, 0, 1, 2)]
+        starts = [datetime(m // 12, m % 12 + 1, 1, tzinfo=zone) for m in months]
+        labels = [f"{m // 12:04d}-{m % 12 + 1:02d}" for m in months[:3]]
+    return [round(s.timestamp() * MICRO) for s in starts], labels
+
+
+@dataclass(frozen=True)
+class _RateDim:
     name: str
     rate: Rate
-    key_index: int
     capacity_micro: int
     num: int
     den: int
 
-    def bucket_args(self) -> list[int | str]:
-        return [self.key_index, self.name, self.capacity_micro, self.num, self.den]
+
+@dataclass(frozen=True)
+class _BudgetDim:
+    name: str
+    budget: Budget
+    limit_nano: int
+    thresholds: str
+
+
+def validate_name(name: object, what: str = "name") -> str:
+    if not isinstance(name, str):
+        raise InvalidArgumentType(f"{what} must be a str, not {type(name).__name__}")
+    if not name:
+        raise InvalidArgument(f"{what} must not be empty")
+    return name
+
+
+def escape_name(name: str) -> str:
+    """A name made safe for a key: braces (hash-tag delimiters) and % escaped."""
+    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
 @dataclass(frozen=True)
-class ScriptCall:
-    """Which script to run, with its KEYS and ARGV."""
+class Ledger:
+    """Where a budgeted scope records its settlements, and for how long.
 
-    script: Literal["acquire", "settle", "state"]
-    keys: list[str]
-    args: list[int | str]
-
-
-@dataclass(frozen=True)
-class Grant:
-    """A parsed acquire reply (or the policy's answer while Redis is unreachable)."""
-
-    admitted: bool
-    wait_s: float
-    now_us: int
-    backed: bool = True
-    outage: RedisUnavailable | None = field(default=None, compare=False)
-
-    @property
-    def admitted_at_us(self) -> int:
-        """Redis time (microseconds) at which the caller may go ahead."""
-        return self.now_us + round(self.wait_s * MICRO)
-
-
-SettleStatus = Literal["settled", "unknown", "unbacked"]
-
-
-@dataclass(frozen=True)
-class Settlement:
-    """What a settle or cancel did.
-
-    ``status``: ``"settled"`` (applied now), ``"unknown"`` (already settled or
-    cancelled, by this process or another, or its lease ended first: nothing
-    changed, the reservation stays as it was) or ``"unbacked"``
-    (the permit was granted while Redis was unreachable under
-    ``on_redis_error="allow"``: there is nothing to settle).
+    ``maxlen`` bounds the ledger stream by entries (approximately, as
+    ``XADD MAXLEN ~``); ``max_age_s``, when given, bounds it by age instead.
+    Daily spend counters are kept per calendar day of ``tz`` (default: the
+    budget's zone).
     """
 
-    status: SettleStatus
+    maxlen: int = DEFAULT_LEDGER_MAXLEN
+    max_age_s: float | None = None
+    tz: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.maxlen, bool) or not isinstance(self.maxlen, int) or self.maxlen < 0:
+            raise InvalidArgument(f"Ledger maxlen must be a non-negative int, got {self.maxlen!r}")
+        if self.max_age_s is not None:
+            _positive(self.max_age_s, "Ledger max_age_s")
+
+
+@dataclass(frozen=True)
+class ScopeSpec:
+    """One limiter's configuration: its name, dimensions and keys.
+
+    All keys share the hash tag ``{slot}`` (by default the scope's name), so a
+    scope lives in one Redis Cluster slot; scopes given the same ``slot`` are
+    checked together in one script call.
+    """
+
+    name: str
+    slot: str
+    rates: tuple[_RateDim, ...]
+    budget: _BudgetDim | None
+    lease_us: int
+    on_redis_error: OnRedisError
+    ledger: Ledger
+    day_zone: ZoneInfo
+
+    @classmethod
+    def build(
+        cls,
+        name: object,
+        dimensions: Mapping[str, object],
+        *,
+        slot: object = None,
+        lease_s: object = DEFAULT_LEASE_S,
+        on_redis_error: object = "raise",
+        ledger: object = None,
+    ) -> ScopeSpec:
+        """Validate a limiter's arguments; raises InvalidArgument* on any bad one."""
+        scope = validate_name(name)
+        tag = scope if slot is None else validate_name(slot, "slot")
+        if not dimensions:
+            raise InvalidArgument("a limiter needs at least one dimension, e.g. requests=Rate(...)")
+        if on_redis_error not in _ON_REDIS_ERROR:
+            raise InvalidArgument(
+                f"on_redis_error must be one of {_ON_REDIS_ERROR}, got {on_redis_error!r}"
+            )
+        lease_us = math.ceil(_positive(lease_s, "lease_s") * MICRO)
+        if ledger is None:
+            ledger = Ledger()
+        elif not isinstance(ledger, Ledger):
+            raise InvalidArgumentType(f"ledger must be a Ledger, not {type(ledger).__name__}")
+        rates: list[_RateDim] = []
+        budget: _BudgetDim | None = None
+        for dim_name, spec in dimensions.items():
+            if not _DIMENSION_NAME.match(dim_name) or dim_name in RESERVED_NAMES:
+                raise InvalidArgument(f"invalid dimension name {dim_name!r}")
+            if isinstance(spec, Rate):
+                num, den = spec.refill_fraction()
+                rates.append(_RateDim(dim_name, spec, spec.capacity_micro, num, den))
+            elif isinstance(spec, Budget):
+                if budget is not None:
+                    raise InvalidArgument(
+                        "a limiter holds one Budget; put a second one (say, monthly beside "
+                        "daily) in its own limiter and combine them with LimiterGroup"
+                    )
+                thresholds = ",".join(f"{ppm}:{nano}" for ppm, nano in spec.thresholds())
+                budget = _BudgetDim(dim_name, spec, spec.limit_nano, thresholds)
+            else:
+                raise InvalidArgumentType(
+                    f"dimension {dim_name!r} needs a Rate or a Budget, not {type(spec).__name__}"
+                )
+        if ledger.tz is not None:
+            day_zone = Budget(1, tz=ledger.tz).zone
+        else:
+            day_zone = budget.budget.zone if budget else ZoneInfo("UTC")
+        return cls(
+            scope,
+            tag,
+            tuple(rates),
+            budget,
+            lease_us,
+            on_redis_error,
+            ledger,
+            day_zone,
+        )
+
+    def key(self, suffix: str) -> str:
+        return f"{KEY_PREFIX}{{{escape_name(self.slot)}}}:{escape_name(self.name)}:{suffix}"
 
     @property
-    def applied(self) -> bool:
-        """True only for the one settle that changed the buckets."""
-        return self.status == "settled"
+    def state_key(self) -> str:
+        """Hash of the scope's rate buckets and budget."""
+        return self.key("s")
+
+    @property
+    def ledger_key(self) -> str:
+        """Stream of the scope's settled and reclaimed permits."""
+        return self.key("ledger")
+
+    @property
+    def spend_key(self) -> str:
+        """Hash of nano-dollars settled per ``<day>|<model>``."""
+        return self.key("spend")
+
+    @property
+    def alerts_key(self) -> str:
+        """Stream of the scope's budget alerts."""
+        return self.key("alerts")
+
+    @property
+    def dimension_names(self) -> list[str]:
+        names = [d.name for d in self.rates]
+        return names + ([self.budget.name] if self.budget else [])
+
+    def key_list(self) -> list[str]:
+        return [self.state_key, self.ledger_key, self.spend_key, self.alerts_key]
+
+    def block(self, amounts: Mapping[str, int], instant_us: int) -> list[int | str]:
+        """This scope's part of a script's ARGV (see lua/quota.lua)."""
+        args: list[int | str] = [self.name, len(self.rates)]
+        for d in self.rates:
+            args += [d.name, d.capacity_micro, d.num, d.den, amounts.get(d.name, 0)]
+        b = self.budget
+        if b is None:
+            return [*args, 0]
+        starts, labels = b.budget.periods_around(instant_us)
+        day_starts, day_labels = calendar_around(instant_us, self.day_zone, "day")
+        max_age_ms = 0 if self.ledger.max_age_s is None else math.ceil(self.ledger.max_age_s * 1000)
+        return [
+            *args, 1, b.name, b.limit_nano, amounts.get(b.name, 0), b.thresholds,
+            *starts, *labels, *day_starts, *day_labels, self.ledger.maxlen, max_age_ms,
+        ]  # fmt: skip
+
+
+# -- results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A budget threshold reached for the first time this period, reported once."""
+
+    threshold: float
+    """The fraction of the limit reached (e.g. 0.8)."""
+    scope: str
+    """The limiter (scope) whose budget it is."""
+    spent: Decimal
+    """USD spent this period when the threshold was crossed."""
+    limit: Decimal
+    """The budget's limit in USD."""
+    period: str
+    """The period's label: ``2026-11-28`` (day) or ``2026-11`` (month)."""
 
 
 @dataclass(frozen=True)
 class DimensionState:
-    """A dimension's bucket as seen by Redis at ``now_us``."""
+    """A rate dimension's bucket as Redis sees it now."""
 
     available: float
     """Units in the bucket now; negative while callers are booked ahead."""
@@ -224,209 +487,142 @@ class DimensionState:
     """``available`` in exact integer micro-units."""
 
 
-def escape_name(name: str) -> str:
-    """A name made safe for a key: braces (hash-tag delimiters) and % escaped."""
-    return name.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+@dataclass(frozen=True)
+class BudgetState:
+    """A budget as Redis sees it now, in exact US dollars."""
+
+    spent: Decimal
+    """Settled this period."""
+    reserved: Decimal
+    """Held by permits in flight (not yet settled, lease not yet reclaimed)."""
+    limit: Decimal
+    """The limit per period."""
+    resets_at: datetime
+    """When the next period starts, in the budget's time zone."""
+    period: Period
+    """``"day"`` or ``"month"``."""
+
+    @property
+    def available(self) -> Decimal:
+        """What a new request may still reserve this period."""
+        return self.limit - self.spent - self.reserved
+
+    @property
+    def capacity(self) -> Decimal:
+        """The limit (for symmetry with :class:`DimensionState`)."""
+        return self.limit
 
 
-def validate_name(name: object, what: str = "name") -> str:
-    if not isinstance(name, str):
-        raise InvalidArgumentType(f"{what} must be a str, not {type(name).__name__}")
-    if not name:
-        raise InvalidArgument(f"{what} must not be empty")
-    return name
+class QuotaState(dict[str, "DimensionState | BudgetState"]):
+    """What ``state()`` returns: each dimension by name (``"scope.dim"`` in a group).
+
+    ``rate(name)`` and ``budget(name)`` return the entry with its precise type.
+    """
+
+    def rate(self, name: str) -> DimensionState:
+        """A rate dimension's state."""
+        entry = self._entry(name)
+        if not isinstance(entry, DimensionState):
+            raise UnknownDimension(f"{name!r} is a budget, not a rate")
+        return entry
+
+    def budget(self, name: str) -> BudgetState:
+        """A budget's state."""
+        entry = self._entry(name)
+        if not isinstance(entry, BudgetState):
+            raise UnknownDimension(f"{name!r} is a rate, not a budget")
+        return entry
+
+    def _entry(self, name: str) -> DimensionState | BudgetState:
+        try:
+            return self[name]
+        except KeyError:
+            raise UnknownDimension(f"no dimension {name!r}; there are {sorted(self)}") from None
+
+
+SettleStatus = Literal["settled", "unknown", "unbacked"]
 
 
 @dataclass(frozen=True)
-class QuotaSpec:
-    """A quota's configuration, and every script call made against it.
+class Settlement:
+    """What a settle or cancel did.
 
-    All keys share the hash tag ``{slot}`` (by default the quota's name), so a
-    quota lives in one Redis Cluster slot.
+    ``status``: ``"settled"`` (applied now), ``"unknown"`` (already settled,
+    cancelled or reclaimed after its lease, by this process or another:
+    nothing changed) or ``"unbacked"`` (the permit was granted while Redis was
+    unreachable under ``on_redis_error="allow"``: there is nothing to settle).
+    ``overshoot`` maps each scope whose actual cost passed its reservation to
+    the excess in USD; ``alerts`` are the thresholds this settle crossed.
     """
 
-    name: str
-    dimensions: tuple[Dimension, ...]
-    slot: str
-    lease_us: int
-    on_redis_error: OnRedisError
-
-    @classmethod
-    def build(
-        cls,
-        name: object,
-        rates: Mapping[str, object],
-        *,
-        slot: object = None,
-        lease_s: object = DEFAULT_LEASE_S,
-        on_redis_error: object = "raise",
-    ) -> QuotaSpec:
-        """Validate a limiter's arguments; raises InvalidArgument* on any bad one."""
-        quota = validate_name(name)
-        tag = quota if slot is None else validate_name(slot, "slot")
-        if not rates:
-            raise InvalidArgument("a limiter needs at least one dimension, e.g. requests=Rate(...)")
-        if on_redis_error not in _ON_REDIS_ERROR:
-            raise InvalidArgument(
-                f"on_redis_error must be one of {_ON_REDIS_ERROR}, got {on_redis_error!r}"
-            )
-        lease_us = math.ceil(_positive(lease_s, "lease_s") * MICRO)
-        dims = []
-        for dim_name, rate in rates.items():
-            if not _DIMENSION_NAME.match(dim_name) or dim_name in _RESERVED_NAMES:
-                raise InvalidArgument(f"invalid dimension name {dim_name!r}")
-            if not isinstance(rate, Rate):
-                raise InvalidArgumentType(
-                    f"dimension {dim_name!r} needs a Rate, not {type(rate).__name__}"
-                )
-            num, den = rate.refill_fraction()
-            dims.append(Dimension(dim_name, rate, 3, rate.capacity_micro, num, den))
-        return cls(quota, tuple(dims), tag, lease_us, on_redis_error)
-
-    # -- keys --------------------------------------------------------------
-    def _key(self, suffix: str) -> str:
-        return f"{KEY_PREFIX}{{{escape_name(self.slot)}}}:{escape_name(self.name)}:{suffix}"
+    status: SettleStatus
+    overshoot: dict[str, Decimal] = field(default_factory=dict)
+    alerts: tuple[Alert, ...] = ()
 
     @property
-    def state_key(self) -> str:
-        """Hash of the quota's buckets."""
-        return self._key("s")
+    def applied(self) -> bool:
+        """True only for the one settle that changed the buckets."""
+        return self.status == "settled"
+
+
+@dataclass
+class PermitData:
+    """What a permit holds: its id, its reservation and its place in line."""
+
+    id: str
+    """Opaque id; ``limiter.settle(id, ...)`` settles the permit from any process."""
+    reserved_micro: dict[str, int]
+    """Reserved cost per rate dimension in micro-units, and per budget in nano-dollars."""
+    wait_s: float
+    """Seconds the caller was booked to wait before going ahead."""
+    admitted_at_us: int
+    """Redis time (microseconds since the epoch) at which the permit was admitted."""
+    backed: bool
+    """False for a permit granted unmetered while Redis was unreachable."""
+    settlement: Settlement | None = None
+    """The outcome of this permit's settle or cancel, once one was made here."""
+    budget_names: frozenset[str] = frozenset()
 
     @property
-    def permits_key(self) -> str:
-        """Hash of outstanding permits (what each reserved)."""
-        return self._key("p")
-
-    @property
-    def leases_key(self) -> str:
-        """Sorted set of outstanding permits by lease end."""
-        return self._key("l")
-
-    def _keys(self) -> list[str]:
-        return [self.permits_key, self.leases_key, self.state_key]
-
-    # -- acquire -------------------------------------------------------------
-    def costs_micro(self, costs: Mapping[str, object]) -> dict[str, int]:
-        """Validated costs per dimension in micro-units; ``requests`` defaults to 1."""
-        known = {d.name: d for d in self.dimensions}
-        for name in costs:
-            if name not in known:
-                raise UnknownDimension(
-                    f"{self.name!r} has no dimension {name!r}; it has {sorted(known)}"
-                )
-        micro: dict[str, int] = {}
-        for dim in self.dimensions:
-            default = 1 if dim.name == "requests" else 0
-            cost = to_micro(costs.get(dim.name, default), f"cost of {dim.name!r}")
-            if cost > dim.capacity_micro:
-                raise CostExceedsCapacity(
-                    f"a cost of {Decimal(cost) / MICRO} {dim.name} can never fit in "
-                    f"{self.name!r}, whose bucket holds {Decimal(dim.capacity_micro) / MICRO}"
-                )
-            micro[dim.name] = cost
-        return micro
-
-    def acquire_call(
-        self, costs: Mapping[str, object], timeout_s: object
-    ) -> tuple[ScriptCall, dict[str, int], str]:
-        """The script call for one admission, its costs in micro-units, and its permit id."""
-        micro = self.costs_micro(costs)
-        if timeout_s is None:
-            max_wait_us = -1
-        else:
-            wait = _exact(timeout_s, "timeout")
-            if wait < 0:
-                raise InvalidArgument(f"timeout must not be negative, got {timeout_s!r}")
-            max_wait_us = math.floor(wait * MICRO)
-        permit_id = secrets.token_hex(16)
-        args: list[int | str] = [permit_id, max_wait_us, self.lease_us, len(self.dimensions)]
-        for dim in self.dimensions:
-            args += [*dim.bucket_args(), micro[dim.name]]
-        return ScriptCall("acquire", self._keys(), args), micro, permit_id
-
-    def parse_acquire(self, reply: object) -> Grant:
-        admitted, wait_us, now_us = _ints(reply, 3)
-        return Grant(admitted == 1, wait_us / MICRO, now_us)
-
-    def when_unavailable(self, exc: RedisUnavailable) -> Grant:
-        """Admission while Redis is unreachable, by the ``on_redis_error`` policy."""
-        if self.on_redis_error == "raise":
-            raise exc
-        log.warning(
-            "Redis unreachable, %s %r: %s",
-            "admitting unmetered" if self.on_redis_error == "allow" else "denying",
-            self.name,
-            exc.__cause__ or exc,
-        )
-        return Grant(self.on_redis_error == "allow", 0.0, 0, backed=False, outage=exc)
-
-    def timeout_error(self, grant: Grant, timeout_s: object) -> AcquireTimeout:
-        """The error for a denied grant (the caller would wait past its timeout)."""
-        if not grant.backed:
-            error = AcquireTimeout(
-                f"Redis is unreachable and {self.name!r} has on_redis_error='deny'", 1.0
-            )
-            error.__cause__ = grant.outage
-            return error
-        if grant.wait_s < 0:
-            return AcquireTimeout(
-                f"{self.name!r} is booked too far ahead to take this request", math.inf
-            )
-        return AcquireTimeout(
-            f"{self.name!r} would admit this request in {grant.wait_s:.3f}s, "
-            f"later than the timeout of {timeout_s}s",
-            grant.wait_s,
-        )
-
-    # -- settle --------------------------------------------------------------
-    def settle_call(self, permit_id: object, actual: Mapping[str, object]) -> ScriptCall:
-        """Settle a permit: each given dimension's actual cost; others keep their reservation."""
-        pid = validate_name(permit_id, "permit id")
-        micro = {name: -1 for name in (d.name for d in self.dimensions)}
-        known = set(micro)
-        for name, value in actual.items():
-            if name not in known:
-                raise UnknownDimension(
-                    f"{self.name!r} has no dimension {name!r}; it has {sorted(known)}"
-                )
-            micro[name] = to_micro(value, f"actual {name!r}")
-        args: list[int | str] = [pid, len(self.dimensions)]
-        for dim in self.dimensions:
-            args += [*dim.bucket_args(), micro[dim.name]]
-        return ScriptCall("settle", self._keys(), args)
-
-    def cancel_call(self, permit_id: str) -> ScriptCall:
-        return self.settle_call(permit_id, {d.name: 0 for d in self.dimensions})
-
-    @staticmethod
-    def parse_settle(reply: object) -> Settlement:
-        status, _now = _ints(reply, 2)
-        return Settlement("settled" if status == 1 else "unknown")
-
-    # -- state ---------------------------------------------------------------
-    def state_call(self) -> ScriptCall:
-        args: list[int | str] = [len(self.dimensions)]
-        for dim in self.dimensions:
-            args += [1, *dim.bucket_args()[1:]]
-        return ScriptCall("state", [self.state_key], args)
-
-    def parse_state(self, reply: object) -> dict[str, DimensionState]:
-        values = _ints(reply, 1 + len(self.dimensions))
+    def reserved(self) -> dict[str, Decimal]:
+        """Reserved cost per dimension, in units (USD for a budget)."""
         return {
-            dim.name: DimensionState(
-                available=level / MICRO,
-                capacity=dim.capacity_micro / MICRO,
-                rate_per_s=dim.rate.rate_per_s,
-                available_micro=level,
-            )
-            for dim, level in zip(self.dimensions, values[1:], strict=True)
+            name: Decimal(amount) / (NANO if name in self.budget_names else MICRO)
+            for name, amount in self.reserved_micro.items()
         }
 
 
-def _ints(reply: object, length: int) -> list[int]:
-    if not isinstance(reply, Sequence) or len(reply) != length:
-        raise BackendError(f"unexpected script reply {reply!r}")
-    return [int(v) for v in reply]
+@dataclass(frozen=True)
+class ScriptCall:
+    """Which script to run, with its KEYS and ARGV."""
+
+    script: ScriptName
+    keys: list[str]
+    args: list[int | str | bytes]
+
+
+@dataclass(frozen=True)
+class Booking:
+    """The outcome of an acquire's script calls, before any waiting."""
+
+    permit: PermitData | None
+    error: AcquireTimeout | BudgetExceeded | None
+    alerts: tuple[Alert, ...]
+
+
+R = TypeVar("R")
+
+# A generator that yields script calls, receives their replies (or has the
+# Redis error thrown in) and returns R.
+Flow = Generator[ScriptCall, Any, R]
+
+ScriptName = Literal["acquire", "settle", "state"]
+
+# Where each script's reply carries Redis time, by its first element (the status).
+_NOW_INDEX: dict[tuple[ScriptName, int], int] = {
+    ("acquire", 1): 2, ("acquire", 0): 2, ("acquire", -1): 1,
+    ("settle", 1): 1, ("settle", 0): 1,
+}  # fmt: skip
 
 
 _UNREACHABLE = (
@@ -444,28 +640,435 @@ def backend_error(exc: redis.exceptions.RedisError) -> BackendError:
     return BackendError(f"Redis refused a limiter script: {exc}")
 
 
-@dataclass
-class PermitData:
-    """What a permit holds: its id, its reservation and its place in line."""
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    id: str
-    """Opaque id; ``limiter.settle(id, ...)`` settles the permit from any process."""
-    reserved_micro: dict[str, int]
-    """Reserved cost per dimension, in micro-units."""
-    wait_s: float
-    """Seconds the caller was booked to wait before going ahead."""
-    admitted_at_us: int
-    """Redis time (microseconds since the epoch) at which the permit was admitted."""
-    backed: bool
-    """False for a permit granted unmetered while Redis was unreachable."""
-    settlement: Settlement | None = None
-    """The outcome of this permit's settle or cancel, once one was made here."""
 
-    @property
-    def reserved(self) -> dict[str, Decimal]:
-        """Reserved cost per dimension, in units."""
-        return {name: Decimal(micro) / MICRO for name, micro in self.reserved_micro.items()}
+# -- a call over several scopes ---------------------------------------------------
 
-    @classmethod
-    def from_grant(cls, permit_id: str, reserved: dict[str, int], grant: Grant) -> PermitData:
-        return cls(permit_id, reserved, grant.wait_s, grant.admitted_at_us, grant.backed)
+
+@dataclass(frozen=True)
+class _Part:
+    """The scopes of one hash slot, checked by one script call, with their permits keys."""
+
+    scopes: tuple[ScopeSpec, ...]
+    permits_key: str
+    leases_key: str
+
+    def keys(self) -> list[str]:
+        return [
+            self.permits_key,
+            self.leases_key,
+            *(key for scope in self.scopes for key in scope.key_list()),
+        ]
+
+    def block(self, amounts: Mapping[str, int], instant_us: int) -> list[int | str]:
+        args: list[int | str] = [len(self.scopes)]
+        for scope in self.scopes:
+            args += scope.block(amounts, instant_us)
+        return args
+
+
+class Plan:
+    """How the scopes of a limiter (or of a :class:`LimiterGroup`) are checked.
+
+    Scopes that share a slot form one part, checked and debited by one script
+    call. Scopes in different slots take one call per part, made in a fixed
+    order; when a later part refuses, the parts already admitted are cancelled,
+    so nothing leaks.
+    """
+
+    def __init__(self, scopes: Sequence[ScopeSpec]) -> None:
+        names = [s.name for s in scopes]
+        if len(set(names)) != len(names):
+            raise InvalidArgument(f"each scope may appear once, got {names}")
+        self.scopes = tuple(scopes)
+        self.on_redis_error: OnRedisError = scopes[0].on_redis_error
+        self.lease_us = min(s.lease_us for s in scopes)
+        by_slot: dict[str, list[ScopeSpec]] = {}
+        for scope in scopes:
+            by_slot.setdefault(scope.slot, []).append(scope)
+        self.parts: list[_Part] = []
+        for slot, members in by_slot.items():
+            if len(scopes) == 1:
+                permits, leases = members[0].key("p"), members[0].key("l")
+            else:
+                # A group's permits have their own keys: a record lists the
+                # group's scopes by position, which a lone limiter would misread.
+                digest = hashlib.sha1("\0".join(names).encode()).hexdigest()[:16]
+                base = f"{KEY_PREFIX}{{{escape_name(slot)}}}:group:{digest}"
+                permits, leases = f"{base}:p", f"{base}:l"
+            self.parts.append(_Part(tuple(members), permits, leases))
+        self.budget_names = frozenset(s.budget.name for s in scopes if s.budget)
+        self.rate_names = frozenset(d.name for s in scopes for d in s.rates)
+        self._instant_us = 0
+        self._instant_known = False
+
+    # The scripts decide with Redis TIME; the client only has to send budget
+    # periods around it. It estimates Redis time from the last reply and, when
+    # a script says the estimate was off, sends them again around the time
+    # that script reported.
+    def _estimate(self, clock_us: int) -> int:
+        return self._instant_us if self._instant_known else clock_us
+
+    def _observe(self, now_us: int) -> None:
+        self._instant_us, self._instant_known = now_us, True
+
+    # -- amounts ---------------------------------------------------------------
+    def amounts(self, costs: Mapping[str, object], *, acquire: bool) -> dict[str, int]:
+        """Validated amounts per dimension: micro-units, or nano-dollars for budgets.
+
+        For acquire, ``requests`` defaults to 1 and other dimensions to 0; for
+        settle, a dimension not given keeps its reservation (-1).
+        """
+        known = self.rate_names | self.budget_names
+        for name in costs:
+            if name not in known:
+                raise UnknownDimension(f"no dimension {name!r} here; there are {sorted(known)}")
+        amounts: dict[str, int] = {}
+        for name in sorted(known):
+            if name not in costs:
+                amounts[name] = (MICRO if name == "requests" else 0) if acquire else -1
+            elif name in self.budget_names:
+                amounts[name] = to_nano(costs[name], f"{'cost' if acquire else 'actual'} {name!r}")
+            else:
+                amounts[name] = to_micro(costs[name], f"{'cost' if acquire else 'actual'} {name!r}")
+        if acquire:
+            for scope in self.scopes:
+                for d in scope.rates:
+                    if amounts[d.name] > d.capacity_micro:
+                        raise CostExceedsCapacity(
+                            f"a cost of {Decimal(amounts[d.name]) / MICRO} {d.name} can never "
+                            f"fit in {scope.name!r}, whose bucket holds "
+                            f"{Decimal(d.capacity_micro) / MICRO}"
+                        )
+                b = scope.budget
+                if b and amounts[b.name] > b.limit_nano:
+                    raise CostExceedsCapacity(
+                        f"a cost of ${usd(amounts[b.name])} can never fit in the "
+                        f"${usd(b.limit_nano)} budget of {scope.name!r}"
+                    )
+        return amounts
+
+    # -- acquire ---------------------------------------------------------------
+    def acquire(
+        self,
+        costs: Mapping[str, object],
+        timeout_s: object,
+        *,
+        model: object,
+        tags: Mapping[str, object] | None,
+        clock_us: int,
+    ) -> Flow[Booking]:
+        """Book one admission across every part; the shell sleeps ``permit.wait_s`` after."""
+        amounts = self.amounts(costs, acquire=True)
+        model, blob = acquire_record(self, costs, model, tags)
+        if timeout_s is None:
+            max_wait_us = -1
+        else:
+            wait = _exact(timeout_s, "timeout")
+            if wait < 0:
+                raise InvalidArgument(f"timeout must not be negative, got {timeout_s!r}")
+            max_wait_us = math.floor(wait * MICRO)
+        permit_id = secrets.token_hex(16)
+        admitted: list[_Part] = []
+        alerts: list[Alert] = []
+        wait_us, admitted_at = 0, 0
+        error: AcquireTimeout | BudgetExceeded | None = None
+        for part in self.parts:
+            try:
+                reply = yield from self._call_with_periods(
+                    "acquire",
+                    part,
+                    head=[permit_id, max_wait_us, self.lease_us],
+                    amounts=amounts,
+                    tail=[model, blob],
+                    clock_us=clock_us,
+                )
+            except RedisUnavailable as exc:
+                error = yield from self._unavailable(exc, admitted, permit_id)
+                if error is None:
+                    return Booking(self._unbacked(permit_id, amounts), None, tuple(alerts))
+                return Booking(None, error, tuple(alerts))
+            code, now_us = int(reply[0]), int(reply[_NOW_INDEX["acquire", int(reply[0])]])
+            if code == 1:
+                alerts += self._alerts(part, reply[3])
+                admitted.append(part)
+                wait_us = max(wait_us, int(reply[1]))
+                admitted_at = max(admitted_at, now_us + int(reply[1]))
+                continue
+            if code == 0:
+                alerts += self._alerts(part, reply[3])
+                error = self._timeout(int(reply[1]), timeout_s)
+            else:  # -1: a budget refused
+                alerts += self._alerts(part, reply[2])
+                error = self._budget_refusal(part, reply)
+            yield from self._cancel_parts(admitted, permit_id)
+            return Booking(None, error, tuple(alerts))
+        permit = PermitData(
+            permit_id, amounts, wait_us / MICRO, admitted_at, True, budget_names=self.budget_names
+        )
+        return Booking(permit, None, tuple(alerts))
+
+    def _call_with_periods(
+        self,
+        script: ScriptName,
+        part: _Part,
+        *,
+        head: list[int | str | bytes],
+        amounts: Mapping[str, int],
+        tail: list[int | str | bytes],
+        clock_us: int,
+    ) -> Flow[list[Any]]:
+        """One script call; sent again once when its budget periods missed Redis time."""
+        instant = self._estimate(clock_us)
+        for _ in range(2):
+            reply = yield ScriptCall(
+                script, part.keys(), [*head, *part.block(amounts, instant), *tail]
+            )
+            status = int(reply[0])
+            if status == -2:
+                instant = int(reply[1])  # our periods missed Redis time: send them around it
+                self._observe(instant)
+                continue
+            self._observe(int(reply[0] if script == "state" else reply[_NOW_INDEX[script, status]]))
+            return list(reply)
+        raise BackendError("Redis time keeps moving out of the budget periods sent")
+
+    def _unavailable(
+        self, exc: RedisUnavailable, admitted: list[_Part], permit_id: str
+    ) -> Flow[AcquireTimeout | None]:
+        if self.on_redis_error == "raise":
+            yield from self._cancel_parts(admitted, permit_id, quiet=True)
+            raise exc
+        log.warning(
+            "Redis unreachable, %s %s: %s",
+            "admitting unmetered" if self.on_redis_error == "allow" else "denying",
+            [s.name for s in self.scopes],
+            exc.__cause__ or exc,
+        )
+        if self.on_redis_error == "allow":
+            return None
+        yield from self._cancel_parts(admitted, permit_id, quiet=True)
+        error = AcquireTimeout("Redis is unreachable and on_redis_error='deny'", 1.0)
+        error.__cause__ = exc
+        return error
+
+    def _unbacked(self, permit_id: str, amounts: dict[str, int]) -> PermitData:
+        return PermitData(permit_id, amounts, 0.0, 0, False, budget_names=self.budget_names)
+
+    def _cancel_parts(
+        self, parts: list[_Part], permit_id: str, *, quiet: bool = False
+    ) -> Flow[None]:
+        zero = dict.fromkeys(self.rate_names | self.budget_names, 0)
+        for part in parts:
+            try:
+                yield from self._call_with_periods(
+                    "settle",
+                    part,
+                    head=[permit_id],
+                    amounts=zero,
+                    tail=["", b""],
+                    clock_us=self._instant_us,
+                )
+            except BackendError:
+                if not quiet:
+                    raise
+                log.exception("could not return permit %s; its lease will reclaim it", permit_id)
+
+    def _timeout(self, wait_us: int, timeout_s: object) -> AcquireTimeout:
+        names = [s.name for s in self.scopes]
+        if wait_us < 0:
+            return AcquireTimeout(f"{names} are booked too far ahead to take this", math.inf)
+        return AcquireTimeout(
+            f"{names} would admit this in {wait_us / MICRO:.3f}s, later than the timeout of "
+            f"{timeout_s}s",
+            wait_us / MICRO,
+        )
+
+    @staticmethod
+    def _budget_refusal(part: _Part, reply: Sequence[Any]) -> BudgetExceeded:
+        scope = part.scopes[int(reply[3]) - 1]
+        if scope.budget is None:  # pragma: no cover - the script names a budgeted scope
+            raise BackendError(f"unexpected budget refusal {reply!r}")
+        budget = scope.budget.budget
+        spent, reserved, limit = usd(int(reply[4])), usd(int(reply[5])), usd(int(reply[6]))
+        resets_at = datetime.fromtimestamp(int(reply[7]) / MICRO, budget.zone)
+        return BudgetExceeded(
+            f"the ${limit} per {budget.per} budget of {scope.name!r} cannot take this: "
+            f"${spent} spent and ${reserved} reserved; it resets at {resets_at.isoformat()}",
+            scope=scope.name,
+            spent=spent,
+            reserved=reserved,
+            limit=limit,
+            resets_at=resets_at,
+        )
+
+    @staticmethod
+    def _alerts(part: _Part, raw: Sequence[Any]) -> list[Alert]:
+        alerts = []
+        for j, ppm, spent, limit, period in raw:
+            scope = part.scopes[int(j) - 1]
+            alerts.append(
+                Alert(
+                    threshold=int(ppm) / MICRO,
+                    scope=scope.name,
+                    spent=usd(int(spent)),
+                    limit=usd(int(limit)),
+                    period=_text(period),
+                )
+            )
+        return alerts
+
+    # -- settle ----------------------------------------------------------------
+    def settle(
+        self,
+        permit_id: object,
+        actual: Mapping[str, object],
+        *,
+        model: object,
+        tags: Mapping[str, object] | None,
+        usage: object,
+        pricing: Callable[[], Pricing],
+        clock_us: int,
+    ) -> Flow[Settlement]:
+        """Settle in every part: given dimensions at their actual cost, others as reserved."""
+        pid = validate_name(permit_id, "permit id")
+        self.amounts(actual, acquire=False)  # validate before anything is priced
+        values, label, blob = settle_inputs(
+            self, actual, model=model, tags=tags, usage=usage, pricing=pricing
+        )
+        amounts = self.amounts(values, acquire=False)
+        return (yield from self._finish(pid, amounts, label, blob, clock_us))
+
+    def cancel(self, permit_id: object, *, clock_us: int) -> Flow[Settlement]:
+        """Return everything a permit took, in every part."""
+        pid = validate_name(permit_id, "permit id")
+        zero = dict.fromkeys(self.rate_names | self.budget_names, 0)
+        return (yield from self._finish(pid, zero, "", b"", clock_us))
+
+    def _finish(
+        self, pid: str, amounts: dict[str, int], model: str, blob: bytes, clock_us: int
+    ) -> Flow[Settlement]:
+        applied = False
+        overshoot: dict[str, Decimal] = {}
+        alerts: list[Alert] = []
+        for part in self.parts:
+            reply = yield from self._call_with_periods(
+                "settle", part, head=[pid], amounts=amounts, tail=[model, blob], clock_us=clock_us
+            )
+            applied = applied or int(reply[0]) == 1
+            alerts += self._alerts(part, reply[2])
+            for j, nano in reply[3]:
+                overshoot[part.scopes[int(j) - 1].name] = usd(int(nano))
+        if overshoot:
+            log.warning("permit %s cost more than it reserved: %s", pid, overshoot)
+        return Settlement("settled" if applied else "unknown", overshoot, tuple(alerts))
+
+    # -- state -----------------------------------------------------------------
+    def state(self, clock_us: int) -> Flow[tuple[QuotaState, list[Alert]]]:
+        """Every dimension of every scope (a group reports ``"scope.dim"``)."""
+        result = QuotaState()
+        alerts: list[Alert] = []
+        prefix = len(self.scopes) > 1
+        for part in self.parts:
+            reply = yield from self._call_with_periods(
+                "state", part, head=[], amounts={}, tail=[], clock_us=clock_us
+            )
+            levels, budgets = iter(reply[1]), iter(reply[2])
+            alerts += self._alerts(part, reply[3])
+            for scope in part.scopes:
+                label = f"{scope.name}." if prefix else ""
+                for d in scope.rates:
+                    level = int(next(levels))
+                    result[label + d.name] = DimensionState(
+                        available=level / MICRO,
+                        capacity=d.capacity_micro / MICRO,
+                        rate_per_s=d.rate.rate_per_s,
+                        available_micro=level,
+                    )
+                if scope.budget:
+                    spent, reserved, stop = (int(v) for v in next(budgets))
+                    budget = scope.budget.budget
+                    result[label + scope.budget.name] = BudgetState(
+                        spent=usd(spent),
+                        reserved=usd(reserved),
+                        limit=usd(scope.budget.limit_nano),
+                        resets_at=datetime.fromtimestamp(stop / MICRO, budget.zone),
+                        period=budget.per,
+                    )
+        return result, alerts
+
+
+def ledger_blob(tokens: Mapping[str, int | str], tags: Mapping[str, object] | None) -> bytes:
+    """The msgpack record a ledger entry carries: tokens by kind and the caller's tags."""
+    if tags is not None and not isinstance(tags, Mapping):
+        raise InvalidArgumentType(f"tags must be a mapping, not {type(tags).__name__}")
+    try:
+        packed: bytes = msgpack.packb({"tokens": dict(tokens), "tags": dict(tags or {})})
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentType(f"tags must hold msgpack-encodable values: {exc}") from exc
+    return packed
+
+
+def validate_model(model: object) -> str:
+    """A ledger model label: a string without newlines or '|' (it is part of a counter's field)."""
+    if model is None:
+        return ""
+    text = validate_name(model, "model")
+    if "\n" in text or "|" in text:
+        raise InvalidArgument(f"model must not contain a newline or '|', got {model!r}")
+    return text
+
+
+def _token_value(value: object) -> int | str:
+    """A token count as msgpack stores it: an int when whole, else its exact decimal text."""
+    number = _exact(value, "token count")
+    return int(number) if number == number.to_integral_value() else str(number)
+
+
+def acquire_record(
+    plan: Plan, costs: Mapping[str, object], model: object, tags: Mapping[str, object] | None
+) -> tuple[str, bytes]:
+    """The ledger label and record an acquire keeps for a reclaim: its reserved tokens."""
+    tokens = {k: _token_value(v) for k, v in costs.items() if k in plan.rate_names}
+    return validate_model(model), ledger_blob(tokens, tags)
+
+
+def settle_inputs(
+    plan: Plan,
+    actual: Mapping[str, object],
+    *,
+    model: object,
+    tags: Mapping[str, object] | None,
+    usage: object,
+    pricing: Callable[[], Pricing],
+) -> tuple[dict[str, object], str, bytes]:
+    """A settle's actual amounts, ledger label and ledger record.
+
+    With a ``usage`` (an anthropic ``Usage`` or a mapping of token counts),
+    the record holds its token counts by kind and, when no budget amount is
+    given, the budgets are charged what ``pricing`` says that usage cost for
+    ``model``.
+    """
+    label = validate_model(model)
+    amounts = dict(actual)
+    tokens = {k: _token_value(v) for k, v in actual.items() if k in plan.rate_names}
+    if usage is not None:
+        tokens.update(token_counts(usage))
+        missing = plan.budget_names - set(actual)
+        if missing:
+            if not label:
+                raise InvalidArgument("pricing a usage needs the model it ran on: model=...")
+            cost = pricing().cost(label, usage)  # type: ignore[arg-type]  # checked inside
+            amounts.update(dict.fromkeys(missing, cost))
+    return amounts, label, ledger_blob(tokens, tags)
+
+
+def clock_us() -> int:
+    """This machine's clock in microseconds.
+
+    Used only to choose which budget periods to send with a first call; the
+    scripts place every call by Redis TIME and ask again when it differs.
+    """
+    return time.time_ns() // 1000  # client-clock-ok: picks periods to send, Redis TIME decides

@@ -17,6 +17,10 @@ SCRIPT_NAMES: tuple[ScriptName, ...] = ("acquire", "settle", "state")
 
 _PACKAGE = Path(__file__).resolve().parent
 
+# Prepended, in this order, to every script: rate buckets, then scopes,
+# budgets, permits, the ledger and alerts.
+_HELPERS = ("bucket", "quota")
+
 
 def lua_dir() -> Path:
     """The folder the scripts are loaded from."""
@@ -28,7 +32,7 @@ def lua_dir() -> Path:
 
 @cache
 def source(name: ScriptName) -> str:
-    """A script's full source: the shared bucket helpers, then the operation itself."""
+    """A script's full source: the shared helpers, then the operation itself."""
     folder = lua_dir()
-    helpers = (folder / "bucket.lua").read_text(encoding="utf-8")
-    return helpers + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
+    parts = [*_HELPERS, name]
+    return "\n".join((folder / f"{part}.lua").read_text(encoding="utf-8") for part in parts)

@@ -1,15 +1,17 @@
 """The asyncio client: the same names and behaviour as :mod:`ratelimit`, awaitable.
 
 ``ratelimit.asyncio.Limiter`` mirrors ``ratelimit.Limiter`` as
-``redis.asyncio`` mirrors ``redis``: switching is one import.
+``redis.asyncio`` mirrors ``redis``: switching is one import. Both drive the
+same flows of :mod:`ratelimit._core`; only the I/O differs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TypeVar
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -17,13 +19,24 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from ratelimit import _core, _scripts
-from ratelimit._core import DimensionState, Rate, ScriptCall, Settlement
-from ratelimit.errors import AcquireTimeout, RedisUnavailable
+from ratelimit._core import (
+    Alert,
+    Booking,
+    Budget,
+    Ledger,
+    QuotaState,
+    Rate,
+    Settlement,
+)
+from ratelimit.errors import AcquireTimeout, InvalidArgument
 from ratelimit.limiter import URL_SOCKET_TIMEOUT_S
+from ratelimit.pricing import Pricing
 
-__all__ = ["AsyncClient", "Limiter", "Permit", "connect"]
+__all__ = ["AsyncClient", "Limiter", "LimiterGroup", "Permit", "connect"]
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+AlertCallback = Callable[[Alert], object]
+R = TypeVar("R")
 
 
 def connect(url: str) -> redis.asyncio.Redis:
@@ -33,7 +46,134 @@ def connect(url: str) -> redis.asyncio.Redis:
     )
 
 
-class Limiter:
+class _Quota:
+    """Asyncio twin of ``ratelimit.limiter._Quota``."""
+
+    client: AsyncClient
+    _plan: _core.Plan
+    _scripts: dict[str, AsyncScript]
+    _alert_handlers: dict[str, AlertCallback | None]
+    _pricing: Pricing | None
+
+    async def _drive(self, flow: _core.Flow[R]) -> R:
+        """Run a core flow: each script call it yields goes to Redis, each reply back."""
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    reply = await self._scripts[call.script](keys=call.keys, args=call.args)
+                except redis.exceptions.RedisError as exc:
+                    error = _core.backend_error(exc)
+                    error.__cause__ = exc
+                    call = flow.throw(error)
+                else:
+                    call = flow.send(reply)
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+
+    async def _deliver(self, alerts: tuple[Alert, ...] | list[Alert]) -> None:
+        for alert in alerts:
+            handler = self._alert_handlers.get(alert.scope)
+            if handler is None:
+                continue
+            try:
+                outcome = handler(alert)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                _core.log.exception("the on_alert callback failed for %s", alert)
+
+    def _pricing_table(self) -> Pricing:
+        if self._pricing is None:
+            self._pricing = Pricing.default()
+        return self._pricing
+
+    async def _book(
+        self,
+        costs: Mapping[str, object],
+        timeout_s: object,
+        model: str | None,
+        tags: Mapping[str, object] | None,
+    ) -> Booking:
+        booking = await self._drive(
+            self._plan.acquire(costs, timeout_s, model=model, tags=tags, clock_us=_core.clock_us())
+        )
+        await self._deliver(booking.alerts)
+        return booking
+
+    async def try_acquire(
+        self, *, model: str | None = None, tags: Mapping[str, object] | None = None, **costs: object
+    ) -> Permit | None:
+        """See :meth:`ratelimit.Limiter.try_acquire`."""
+        booking = await self._book(costs, 0, model, tags)
+        if booking.permit is not None:
+            return Permit(self, booking.permit)
+        if isinstance(booking.error, AcquireTimeout):
+            return None
+        raise booking.error  # type: ignore[misc]  # a BudgetExceeded
+
+    async def acquire(
+        self,
+        timeout: float | None = None,
+        *,
+        model: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        **costs: object,
+    ) -> Permit:
+        """See :meth:`ratelimit.Limiter.acquire`.
+
+        A task cancelled while in line returns its booking before the
+        ``CancelledError`` propagates.
+        """
+        booking = await self._book(costs, timeout, model, tags)
+        if booking.permit is None:
+            raise booking.error  # type: ignore[misc]
+        permit = Permit(self, booking.permit)
+        if permit.wait_s > 0:
+            try:
+                await asyncio.sleep(permit.wait_s)
+            except BaseException:
+                await asyncio.shield(permit.cancel())
+                raise
+        return permit
+
+    async def settle(
+        self,
+        permit_id: str,
+        *,
+        model: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        usage: object = None,
+        **actual: object,
+    ) -> Settlement:
+        """See :meth:`ratelimit.Limiter.settle`."""
+        settlement = await self._drive(
+            self._plan.settle(
+                permit_id,
+                actual,
+                model=model,
+                tags=tags,
+                usage=usage,
+                pricing=self._pricing_table,
+                clock_us=_core.clock_us(),
+            )
+        )
+        await self._deliver(settlement.alerts)
+        return settlement
+
+    async def cancel(self, permit_id: str) -> Settlement:
+        """See :meth:`ratelimit.Limiter.cancel`."""
+        return await self._drive(self._plan.cancel(permit_id, clock_us=_core.clock_us()))
+
+    async def state(self) -> QuotaState:
+        """See :meth:`ratelimit.Limiter.state`."""
+        result, alerts = await self._drive(self._plan.state(_core.clock_us()))
+        await self._deliver(alerts)
+        return result
+
+
+class Limiter(_Quota):
     """Asyncio twin of :class:`ratelimit.Limiter`; see there for every argument."""
 
     def __init__(
@@ -44,97 +184,82 @@ class Limiter:
         on_redis_error: _core.OnRedisError = "raise",
         lease_s: float = _core.DEFAULT_LEASE_S,
         slot: str | None = None,
-        **dimensions: Rate,
+        on_alert: AlertCallback | None = None,
+        ledger: Ledger | None = None,
+        pricing: Pricing | None = None,
+        **dimensions: Rate | Budget,
     ) -> None:
-        self._spec = _core.QuotaSpec.build(
-            name, dimensions, slot=slot, lease_s=lease_s, on_redis_error=on_redis_error
+        self._scope = _core.ScopeSpec.build(
+            name,
+            dimensions,
+            slot=slot,
+            lease_s=lease_s,
+            on_redis_error=on_redis_error,
+            ledger=ledger,
         )
-        self.client: AsyncClient = connect(client) if isinstance(client, str) else client
-        self._scripts: dict[str, AsyncScript] = {
+        self._plan = _core.Plan([self._scope])
+        self.client = connect(client) if isinstance(client, str) else client
+        self._scripts = {
             script: self.client.register_script(_scripts.source(script))
             for script in _scripts.SCRIPT_NAMES
         }
+        self._alert_handlers = {self._scope.name: on_alert}
+        self._pricing = pricing
 
     @property
     def name(self) -> str:
-        """The quota's name."""
-        return self._spec.name
+        """The quota's name (its scope in the ledger and in alerts)."""
+        return self._scope.name
 
     @property
     def rates(self) -> dict[str, Rate]:
-        """Each dimension's rate."""
-        return {dim.name: dim.rate for dim in self._spec.dimensions}
+        """Each rate dimension's rate."""
+        return {dim.name: dim.rate for dim in self._scope.rates}
 
-    async def _run(self, call: ScriptCall) -> Any:
-        try:
-            return await self._scripts[call.script](keys=call.keys, args=call.args)
-        except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
 
-    async def _book(
-        self, costs: Mapping[str, object], timeout_s: object
-    ) -> Permit | AcquireTimeout:
-        call, reserved, permit_id = self._spec.acquire_call(costs, timeout_s)
-        try:
-            grant = self._spec.parse_acquire(await self._run(call))
-        except RedisUnavailable as exc:
-            grant = self._spec.when_unavailable(exc)
-        if not grant.admitted:
-            return self._spec.timeout_error(grant, timeout_s)
-        return Permit(self, _core.PermitData.from_grant(permit_id, reserved, grant))
+class LimiterGroup(_Quota):
+    """Asyncio twin of :class:`ratelimit.LimiterGroup`."""
 
-    async def try_acquire(self, **costs: object) -> Permit | None:
-        """A permit if every dimension can pay ``costs`` right now, else None; never waits."""
-        outcome = await self._book(costs, 0)
-        return outcome if isinstance(outcome, Permit) else None
-
-    async def acquire(self, timeout: float | None = None, **costs: object) -> Permit:
-        """Wait for a permit for ``costs``; see :meth:`ratelimit.Limiter.acquire`.
-
-        A task cancelled while in line returns its booking before the
-        ``CancelledError`` propagates.
-        """
-        outcome = await self._book(costs, timeout)
-        if isinstance(outcome, AcquireTimeout):
-            raise outcome
-        if outcome.wait_s > 0:
-            try:
-                await asyncio.sleep(outcome.wait_s)
-            except BaseException:
-                await asyncio.shield(outcome.cancel())
-                raise
-        return outcome
-
-    async def settle(self, permit_id: str, **actual: object) -> Settlement:
-        """Settle a permit by id (from any process): see :meth:`Permit.settle`."""
-        return self._spec.parse_settle(await self._run(self._spec.settle_call(permit_id, actual)))
-
-    async def cancel(self, permit_id: str) -> Settlement:
-        """Return everything a permit took, by id: see :meth:`Permit.cancel`."""
-        return self._spec.parse_settle(await self._run(self._spec.cancel_call(permit_id)))
-
-    async def state(self) -> dict[str, DimensionState]:
-        """Each dimension's bucket now, as Redis sees it."""
-        return self._spec.parse_state(await self._run(self._spec.state_call()))
+    def __init__(self, *limiters: Limiter) -> None:
+        if not limiters:
+            raise InvalidArgument("a LimiterGroup needs at least one Limiter")
+        first = limiters[0]
+        self._plan = _core.Plan([limiter._scope for limiter in limiters])
+        self.limiters = limiters
+        self.client = first.client
+        self._scripts = first._scripts
+        self._alert_handlers = {}
+        for limiter in limiters:
+            self._alert_handlers.update(limiter._alert_handlers)
+        self._pricing = first._pricing
 
 
 class Permit(_core.PermitData):
     """Asyncio twin of :class:`ratelimit.Permit`: ``await permit.settle(...)``."""
 
-    def __init__(self, limiter: Limiter, data: _core.PermitData) -> None:
+    def __init__(self, quota: _Quota, data: _core.PermitData) -> None:
         super().__init__(**vars(data))
-        self.limiter = limiter
+        self.limiter = quota
 
-    async def settle(self, **actual: object) -> Settlement:
-        """Charge what the call really used, once; see :meth:`ratelimit.Permit.settle`."""
+    async def settle(
+        self,
+        *,
+        model: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        usage: object = None,
+        **actual: object,
+    ) -> Settlement:
+        """See :meth:`ratelimit.Permit.settle`."""
         if self.backed:
-            self.settlement = await self.limiter.settle(self.id, **actual)
+            self.settlement = await self.limiter.settle(
+                self.id, model=model, tags=tags, usage=usage, **actual
+            )
         else:
             self.settlement = Settlement("unbacked")
         return self.settlement
 
     async def cancel(self) -> Settlement:
-        """Give back everything the permit took (the call never went out), also in line."""
+        """See :meth:`ratelimit.Permit.cancel`."""
         if self.backed:
             self.settlement = await self.limiter.cancel(self.id)
         else:
@@ -154,4 +279,4 @@ class Permit(_core.PermitData):
             try:
                 await self.cancel()
             except Exception:
-                _core.log.exception("could not cancel permit %s of %r", self.id, self.limiter.name)
+                _core.log.exception("could not cancel permit %s", self.id)

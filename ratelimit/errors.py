@@ -7,6 +7,9 @@ Redis, so a rejected call never changes shared state.
 
 from __future__ import annotations
 
+from datetime import datetime
+from decimal import Decimal
+
 
 class LimiterError(Exception):
     """Root of every error raised by ``ratelimit``."""
@@ -54,3 +57,30 @@ class RedisUnavailable(BackendError):
     What admission does then is the limiter's ``on_redis_error`` choice:
     ``"raise"`` this error, ``"allow"`` the call unmetered, or ``"deny"`` it.
     """
+
+
+class BudgetExceeded(LimiterError):
+    """A budget cannot take this request's cost this period; waiting won't help.
+
+    ``spent`` and ``reserved`` (USD, ``Decimal``) are what the period has
+    settled and what permits in flight hold; ``limit`` is the budget;
+    ``resets_at`` (an aware ``datetime``) is when the next period starts;
+    ``scope`` names the limiter whose budget refused.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str,
+        spent: Decimal,
+        reserved: Decimal,
+        limit: Decimal,
+        resets_at: datetime,
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.spent = spent
+        self.reserved = reserved
+        self.limit = limit
+        self.resets_at = resets_at

@@ -1,11 +1,13 @@
-"""The synchronous client: a thin shell over :mod:`ratelimit._core`."""
+"""The synchronous client: a thin shell that drives the flows of :mod:`ratelimit._core`."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.cluster
@@ -13,10 +15,21 @@ import redis.exceptions
 from redis.commands.core import Script
 
 from ratelimit import _core, _scripts
-from ratelimit._core import DimensionState, Rate, ScriptCall, Settlement
-from ratelimit.errors import AcquireTimeout, RedisUnavailable
+from ratelimit._core import (
+    Alert,
+    Booking,
+    Budget,
+    Ledger,
+    QuotaState,
+    Rate,
+    Settlement,
+)
+from ratelimit.errors import AcquireTimeout, InvalidArgument
+from ratelimit.pricing import Pricing
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
+AlertCallback = Callable[[Alert], object]
+R = TypeVar("R")
 
 #: Socket timeouts of a client built from a URL: an outage is noticed in
 #: about a second instead of hanging workers.
@@ -30,19 +43,161 @@ def connect(url: str) -> redis.Redis:
     )
 
 
-class Limiter:
+class _Quota:
+    """What a Limiter and a LimiterGroup share: admission over a plan of scopes."""
+
+    client: SyncClient
+    _plan: _core.Plan
+    _scripts: dict[str, Script]
+    _alert_handlers: dict[str, AlertCallback | None]
+    _pricing: Pricing | None
+
+    def _drive(self, flow: _core.Flow[R]) -> R:
+        """Run a core flow: each script call it yields goes to Redis, each reply back."""
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    reply = self._scripts[call.script](keys=call.keys, args=call.args)
+                except redis.exceptions.RedisError as exc:
+                    error = _core.backend_error(exc)
+                    error.__cause__ = exc
+                    call = flow.throw(error)
+                else:
+                    call = flow.send(reply)
+        except StopIteration as stop:
+            result: R = stop.value
+            return result
+
+    def _deliver(self, alerts: tuple[Alert, ...] | list[Alert]) -> None:
+        for alert in alerts:
+            handler = self._alert_handlers.get(alert.scope)
+            if handler is None:
+                continue
+            try:
+                outcome = handler(alert)
+                if inspect.isawaitable(outcome):
+                    asyncio.run(_awaited(outcome))
+            except Exception:
+                _core.log.exception("the on_alert callback failed for %s", alert)
+
+    def _pricing_table(self) -> Pricing:
+        if self._pricing is None:
+            self._pricing = Pricing.default()
+        return self._pricing
+
+    def _book(
+        self,
+        costs: Mapping[str, object],
+        timeout_s: object,
+        model: str | None,
+        tags: Mapping[str, object] | None,
+    ) -> Booking:
+        booking = self._drive(
+            self._plan.acquire(costs, timeout_s, model=model, tags=tags, clock_us=_core.clock_us())
+        )
+        self._deliver(booking.alerts)
+        return booking
+
+    def try_acquire(
+        self, *, model: str | None = None, tags: Mapping[str, object] | None = None, **costs: object
+    ) -> Permit | None:
+        """A permit if every dimension can pay ``costs`` right now, else None; never waits.
+
+        Raises :class:`~ratelimit.errors.BudgetExceeded` when a budget cannot
+        take the cost this period. ``model`` and ``tags`` label the ledger entry.
+        """
+        booking = self._book(costs, 0, model, tags)
+        if booking.permit is not None:
+            return Permit(self, booking.permit)
+        if isinstance(booking.error, AcquireTimeout):
+            return None
+        raise booking.error  # type: ignore[misc]  # a BudgetExceeded
+
+    def acquire(
+        self,
+        timeout: float | None = None,
+        *,
+        model: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        **costs: object,
+    ) -> Permit:
+        """Wait for a permit for ``costs``: one script call books the place in line.
+
+        Raises :class:`~ratelimit.errors.AcquireTimeout` at once, consuming
+        nothing, when admission would come later than ``timeout`` seconds, and
+        :class:`~ratelimit.errors.BudgetExceeded` at once when a budget cannot
+        take the cost. Interrupted while waiting, it returns its booking first.
+        """
+        booking = self._book(costs, timeout, model, tags)
+        if booking.permit is None:
+            raise booking.error  # type: ignore[misc]
+        permit = Permit(self, booking.permit)
+        if permit.wait_s > 0:
+            try:
+                time.sleep(permit.wait_s)
+            except BaseException:
+                permit.cancel()
+                raise
+        return permit
+
+    def settle(
+        self,
+        permit_id: str,
+        *,
+        model: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        usage: object = None,
+        **actual: object,
+    ) -> Settlement:
+        """Settle a permit by id, from any process: see :meth:`Permit.settle`."""
+        settlement = self._drive(
+            self._plan.settle(
+                permit_id,
+                actual,
+                model=model,
+                tags=tags,
+                usage=usage,
+                pricing=self._pricing_table,
+                clock_us=_core.clock_us(),
+            )
+        )
+        self._deliver(settlement.alerts)
+        return settlement
+
+    def cancel(self, permit_id: str) -> Settlement:
+        """Return everything a permit took, by id: see :meth:`Permit.cancel`."""
+        return self._drive(self._plan.cancel(permit_id, clock_us=_core.clock_us()))
+
+    def state(self) -> QuotaState:
+        """Each dimension as Redis sees it now (a group names them ``"scope.dim"``)."""
+        result, alerts = self._drive(self._plan.state(_core.clock_us()))
+        self._deliver(alerts)
+        return result
+
+
+async def _awaited(outcome: Any) -> None:
+    await outcome
+
+
+class Limiter(_Quota):
     """A quota shared by every process that builds a Limiter with the same ``name``.
 
     ``client`` is a ``redis.Redis``, a ``redis.cluster.RedisCluster`` or a URL;
-    each keyword names a dimension with its :class:`Rate` (``requests``,
-    ``input_tokens``...). A dimension named ``requests`` costs 1 per acquire
-    unless the caller says otherwise; the others cost 0 unless given.
+    each keyword names a dimension: a :class:`Rate` (``requests``,
+    ``input_tokens``...) or one :class:`Budget` (``usd``). A dimension named
+    ``requests`` costs 1 per acquire unless the caller says otherwise; the
+    others cost 0 unless given.
 
-    ``lease_s`` is how long a permit stays settleable after its admission;
-    ``slot`` is the Redis Cluster hash tag of the quota's keys (default: its
-    name); ``on_redis_error`` says what admission does while Redis is
+    ``lease_s`` is how long a permit may stay unsettled after its admission
+    before a later call reclaims it; ``slot`` is the Redis Cluster hash tag of
+    the quota's keys (default: its name; give scopes one slot to check them in
+    one call); ``on_redis_error`` says what admission does while Redis is
     unreachable: ``"raise"`` (:class:`~ratelimit.errors.RedisUnavailable`),
-    ``"allow"`` (unmetered) or ``"deny"``.
+    ``"allow"`` (unmetered) or ``"deny"``; ``on_alert`` is called (sync or
+    async) with each budget :class:`Alert` this process's calls report;
+    ``ledger`` sets the ledger's retention; ``pricing`` prices a settle's
+    ``usage`` (default: the packaged price table).
     """
 
     def __init__(
@@ -53,77 +208,64 @@ class Limiter:
         on_redis_error: _core.OnRedisError = "raise",
         lease_s: float = _core.DEFAULT_LEASE_S,
         slot: str | None = None,
-        **dimensions: Rate,
+        on_alert: AlertCallback | None = None,
+        ledger: Ledger | None = None,
+        pricing: Pricing | None = None,
+        **dimensions: Rate | Budget,
     ) -> None:
-        self._spec = _core.QuotaSpec.build(
-            name, dimensions, slot=slot, lease_s=lease_s, on_redis_error=on_redis_error
+        self._scope = _core.ScopeSpec.build(
+            name,
+            dimensions,
+            slot=slot,
+            lease_s=lease_s,
+            on_redis_error=on_redis_error,
+            ledger=ledger,
         )
-        self.client: SyncClient = connect(client) if isinstance(client, str) else client
-        self._scripts: dict[str, Script] = {
+        self._plan = _core.Plan([self._scope])
+        self.client = connect(client) if isinstance(client, str) else client
+        self._scripts = {
             script: self.client.register_script(_scripts.source(script))
             for script in _scripts.SCRIPT_NAMES
         }
+        self._alert_handlers = {self._scope.name: on_alert}
+        self._pricing = pricing
 
     @property
     def name(self) -> str:
-        """The quota's name."""
-        return self._spec.name
+        """The quota's name (its scope in the ledger and in alerts)."""
+        return self._scope.name
 
     @property
     def rates(self) -> dict[str, Rate]:
-        """Each dimension's rate."""
-        return {dim.name: dim.rate for dim in self._spec.dimensions}
+        """Each rate dimension's rate."""
+        return {dim.name: dim.rate for dim in self._scope.rates}
 
-    def _run(self, call: ScriptCall) -> Any:
-        try:
-            return self._scripts[call.script](keys=call.keys, args=call.args)
-        except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
 
-    def _book(self, costs: Mapping[str, object], timeout_s: object) -> Permit | AcquireTimeout:
-        call, reserved, permit_id = self._spec.acquire_call(costs, timeout_s)
-        try:
-            grant = self._spec.parse_acquire(self._run(call))
-        except RedisUnavailable as exc:
-            grant = self._spec.when_unavailable(exc)
-        if not grant.admitted:
-            return self._spec.timeout_error(grant, timeout_s)
-        return Permit(self, _core.PermitData.from_grant(permit_id, reserved, grant))
+class LimiterGroup(_Quota):
+    """Several limiters checked as one: a request must pass every scope, or none.
 
-    def try_acquire(self, **costs: object) -> Permit | None:
-        """A permit if every dimension can pay ``costs`` right now, else None; never waits."""
-        outcome = self._book(costs, 0)
-        return outcome if isinstance(outcome, Permit) else None
+    Costs are given by dimension name and charged to every scope that has that
+    dimension (``usd`` to a team's and an org's budget alike). Scopes built
+    with the same ``slot`` are checked and debited by one script call; scopes
+    in different slots take one call per slot, and when a later one refuses,
+    the earlier ones are cancelled, so nothing leaks. The group uses the first
+    limiter's client.
+    """
 
-    def acquire(self, timeout: float | None = None, **costs: object) -> Permit:
-        """Wait for a permit for ``costs``: one script call books the place in line.
-
-        Raises :class:`~ratelimit.errors.AcquireTimeout` at once, consuming
-        nothing, when admission would come later than ``timeout`` seconds.
-        Interrupted while waiting, it returns its booking before re-raising.
-        """
-        outcome = self._book(costs, timeout)
-        if isinstance(outcome, AcquireTimeout):
-            raise outcome
-        if outcome.wait_s > 0:
-            try:
-                time.sleep(outcome.wait_s)
-            except BaseException:
-                outcome.cancel()
-                raise
-        return outcome
-
-    def settle(self, permit_id: str, **actual: object) -> Settlement:
-        """Settle a permit by id (from any process): see :meth:`Permit.settle`."""
-        return self._spec.parse_settle(self._run(self._spec.settle_call(permit_id, actual)))
-
-    def cancel(self, permit_id: str) -> Settlement:
-        """Return everything a permit took, by id: see :meth:`Permit.cancel`."""
-        return self._spec.parse_settle(self._run(self._spec.cancel_call(permit_id)))
-
-    def state(self) -> dict[str, DimensionState]:
-        """Each dimension's bucket now, as Redis sees it."""
-        return self._spec.parse_state(self._run(self._spec.state_call()))
+    def __init__(self, *limiters: Limiter) -> None:
+        if not limiters:
+            raise InvalidArgument("a LimiterGroup needs at least one Limiter")
+        first = limiters[0]
+        self._plan = _core.Plan([limiter._scope for limiter in limiters])
+        self.limiters = limiters
+        self.client = first.client
+        self._scripts = first._scripts
+        self._alert_handlers = {
+            name: handler
+            for limiter in limiters
+            for name, handler in limiter._alert_handlers.items()
+        }
+        self._pricing = first._pricing
 
 
 class Permit(_core.PermitData):
@@ -133,20 +275,31 @@ class Permit(_core.PermitData):
     settle cancels the permit (the call is taken not to have gone out).
     """
 
-    def __init__(self, limiter: Limiter, data: _core.PermitData) -> None:
+    def __init__(self, quota: _Quota, data: _core.PermitData) -> None:
         super().__init__(**vars(data))
-        self.limiter = limiter
+        self.limiter = quota
 
-    def settle(self, **actual: object) -> Settlement:
+    def settle(
+        self,
+        *,
+        model: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        usage: object = None,
+        **actual: object,
+    ) -> Settlement:
         """Charge what the call really used, once.
 
         Each given dimension gets back ``reserved - actual`` (or is debited the
         excess, going into debt so later callers wait); dimensions not given
-        keep their reservation. A second settle of the same permit, from this
+        keep their reservation. A budget turns its reservation into the actual
+        cost (given as ``usd=...``, or priced from ``usage`` and ``model``) and
+        the ledger records it. A second settle of the same permit, from this
         process or any other, changes nothing and reports ``"unknown"``.
         """
         if self.backed:
-            self.settlement = self.limiter.settle(self.id, **actual)
+            self.settlement = self.limiter.settle(
+                self.id, model=model, tags=tags, usage=usage, **actual
+            )
         else:
             self.settlement = Settlement("unbacked")
         return self.settlement
@@ -172,4 +325,4 @@ class Permit(_core.PermitData):
             try:
                 self.cancel()
             except Exception:
-                _core.log.exception("could not cancel permit %s of %r", self.id, self.limiter.name)
+                _core.log.exception("could not cancel permit %s", self.id)

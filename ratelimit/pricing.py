@@ -63,6 +63,7 @@ __all__ = [
     "Rates",
     "TokenKind",
     "UsageLike",
+    "token_counts",
 ]
 
 TOKENS_PER_MILLION: Final = 1_000_000
@@ -379,6 +380,15 @@ def _read_usage(usage: object) -> _Counts:
         output=output_tokens,
         batch=tier == "batch",
     )
+
+
+def token_counts(usage: object) -> dict[str, int]:
+    """A usage's token counts by kind (the table's kinds: input, cache_write_5m, ...).
+
+    The same reading :meth:`Pricing.cost` prices, for the ledger to record.
+    """
+    counts = _read_usage(usage)
+    return {kind: count for kind, count in counts.by_kind() if count}
 
 
 def _usd(terms: Iterable[tuple[int, Decimal]]) -> Decimal:

@@ -8,6 +8,7 @@ on a free loopback port, with persistence off, and stops it on exit.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -50,11 +51,20 @@ def find_binary(engine: Engine | None = None) -> tuple[Engine, str]:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on right now.
+
+    It is at most 55535, so that a cluster node's bus port (port + 10000)
+    exists too.
+    """
+    for _ in range(1000):
+        port = random.randint(20000, 55535)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port found on 127.0.0.1")
 
 
 class EmbeddedServer:

@@ -58,13 +58,13 @@ async def test_cancelled_task_returns_its_booking(ar: redis.asyncio.Redis) -> No
     await limiter.acquire()
     waiter = asyncio.create_task(limiter.acquire(timeout=30))
     for _ in range(100):
-        if (await limiter.state())["requests"].available < -0.5:
+        if (await limiter.state()).rate("requests").available < -0.5:
             break
         await asyncio.sleep(0.01)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert (await limiter.state())["requests"].available == pytest.approx(0, abs=0.01)
+    assert (await limiter.state()).rate("requests").available == pytest.approx(0, abs=0.01)
 
 
 async def test_context_manager_cancels_on_exception(ar: redis.asyncio.Redis) -> None:
@@ -72,7 +72,7 @@ async def test_context_manager_cancels_on_exception(ar: redis.asyncio.Redis) -> 
     with pytest.raises(RuntimeError):
         async with await limiter.acquire(tokens=70):
             raise RuntimeError("the call never went out")
-    assert (await limiter.state())["tokens"].available == pytest.approx(100, abs=0.01)
+    assert (await limiter.state()).rate("tokens").available == pytest.approx(100, abs=0.01)
 
 
 async def test_bad_input_writes_nothing(ar: redis.asyncio.Redis) -> None:

@@ -61,7 +61,7 @@ def cluster(cluster_nodes: list[int]) -> Iterator[redis.cluster.RedisCluster]:
 def test_quotas_on_different_nodes(cluster: redis.cluster.RedisCluster) -> None:
     limiters = [Limiter(cluster, f"quota-{i}", requests=Rate(2, per=3600)) for i in range(12)]
     nodes = {
-        cluster.get_node_from_key(lim._spec.state_key).name  # type: ignore[no-untyped-call]
+        cluster.get_node_from_key(lim._scope.state_key).name  # type: ignore[no-untyped-call]
         for lim in limiters
     }
     assert len(nodes) == 3  # the quotas really are spread over the nodes
@@ -70,14 +70,14 @@ def test_quotas_on_different_nodes(cluster: redis.cluster.RedisCluster) -> None:
         assert limiter.try_acquire() is not None
         assert limiter.try_acquire() is None
         assert permit.settle(requests=0).applied
-        assert limiter.state()["requests"].available == pytest.approx(1, abs=0.01)
+        assert limiter.state().rate("requests").available == pytest.approx(1, abs=0.01)
 
 
 def test_keys_of_a_quota_share_one_slot(cluster: redis.cluster.RedisCluster) -> None:
     limiter = Limiter(cluster, "team-a", requests=Rate(5, per=60), tokens=Rate(100, per=60))
     limiter.acquire(tokens=10)
-    spec = limiter._spec
-    keys = (spec.state_key, spec.permits_key, spec.leases_key)
+    part = limiter._plan.parts[0]
+    keys = part.keys()
     slots = {cluster.keyslot(k) for k in keys}  # type: ignore[no-untyped-call]
     assert len(slots) == 1
 

@@ -25,7 +25,7 @@ def test_sync_contract_on_fakeredis() -> None:
         limiter.acquire(timeout=1)
     assert permit.settle(tokens=10).applied
     assert not permit.settle(tokens=10).applied
-    assert limiter.state()["tokens"].available == pytest.approx(80, abs=0.1)
+    assert limiter.state().rate("tokens").available == pytest.approx(80, abs=0.1)
 
 
 def test_booked_wait_on_fakeredis() -> None:

@@ -21,6 +21,11 @@ from ratelimit import (
 )
 
 
+def micro(limiter: Limiter, dimension: str) -> int:
+    """A rate dimension's level in micro-units."""
+    return limiter.state().rate(dimension).available_micro
+
+
 def sonnet(r: redis.Redis, name: str = "anthropic/sonnet") -> Limiter:
     return Limiter(
         r,
@@ -41,13 +46,13 @@ def test_quickstart_reserve_then_settle(r: redis.Redis) -> None:
         "output_tokens": Decimal(1024),
     }
     before = limiter.state()
-    assert before["input_tokens"].available == pytest.approx(2_000_000 - 1200, abs=2000)
+    assert before.rate("input_tokens").available == pytest.approx(2_000_000 - 1200, abs=2000)
     assert permit.settle(input_tokens=1100, output_tokens=310).applied
     after = limiter.state()
     # 100 input and 714 output tokens came back (plus a few milliseconds of refill).
-    assert after["output_tokens"].available - before["output_tokens"].available >= 714
-    assert after["requests"].capacity == 4000
-    assert after["requests"].rate_per_s == pytest.approx(4000 / 60)
+    assert after.rate("output_tokens").available - before.rate("output_tokens").available >= 714
+    assert after.rate("requests").capacity == 4000
+    assert after.rate("requests").rate_per_s == pytest.approx(4000 / 60)
 
 
 def test_second_settle_changes_nothing_also_from_another_client(
@@ -56,19 +61,19 @@ def test_second_settle_changes_nothing_also_from_another_client(
     limiter = Limiter(r, "q", tokens=Rate(100, per=3600))
     permit = limiter.acquire(tokens=50)
     assert permit.settle(tokens=10).status == "settled"
-    level = limiter.state()["tokens"].available_micro
+    level = micro(limiter, "tokens")
     other = Limiter(redis.Redis.from_url(redis_url), "q", tokens=Rate(100, per=3600))
     assert other.settle(permit.id, tokens=0).status == "unknown"
     assert permit.settle(tokens=0).status == "unknown"
     assert permit.cancel().status == "unknown"
-    assert limiter.state()["tokens"].available_micro - level < 10**5  # refill, no refund
+    assert micro(limiter, "tokens") - level < 10**5  # refill, no refund
 
 
 def test_settle_above_reservation_goes_into_debt(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", tokens=Rate(100, per=3600))
     permit = limiter.acquire(tokens=90)
     permit.settle(tokens=150)
-    assert limiter.state()["tokens"].available == pytest.approx(-50, abs=0.1)
+    assert limiter.state().rate("tokens").available == pytest.approx(-50, abs=0.1)
     with pytest.raises(AcquireTimeout) as caught:
         limiter.acquire(tokens=1, timeout=1)
     # 51 tokens at 100/h: about 1836 s.
@@ -80,8 +85,8 @@ def test_requests_cost_one_unless_told(r: redis.Redis) -> None:
     limiter.try_acquire()
     limiter.try_acquire(requests=3)
     state = limiter.state()
-    assert state["requests"].available == pytest.approx(6, abs=0.01)
-    assert state["tokens"].available == 10
+    assert state.rate("requests").available == pytest.approx(6, abs=0.01)
+    assert state.rate("tokens").available == 10
 
 
 def test_try_acquire_never_waits_and_consumes_nothing_when_refused(r: redis.Redis) -> None:
@@ -91,7 +96,7 @@ def test_try_acquire_never_waits_and_consumes_nothing_when_refused(r: redis.Redi
     started = time.monotonic()
     assert limiter.try_acquire() is None
     assert time.monotonic() - started < 0.5
-    assert limiter.state()["requests"].available == pytest.approx(0, abs=0.01)
+    assert limiter.state().rate("requests").available == pytest.approx(0, abs=0.01)
 
 
 def test_acquire_waits_its_booked_turn(r: redis.Redis) -> None:
@@ -108,40 +113,40 @@ def test_acquire_waits_its_booked_turn(r: redis.Redis) -> None:
 def test_acquire_timeout_raises_at_once_and_consumes_nothing(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", requests=Rate(1, per=10))
     limiter.acquire()
-    level = limiter.state()["requests"].available_micro
+    level = micro(limiter, "requests")
     started = time.monotonic()
     with pytest.raises(AcquireTimeout) as caught:
         limiter.acquire(timeout=2)
     assert time.monotonic() - started < 0.5
     assert 9 < caught.value.retry_after <= 10
     assert isinstance(caught.value, LimiterError)
-    assert limiter.state()["requests"].available_micro - level < 100_000
+    assert micro(limiter, "requests") - level < 100_000
 
 
 def test_cancel_returns_a_booking_still_in_line(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", requests=Rate(1, per=10))
     limiter.acquire()
-    booking = limiter._book({}, 30)  # booked 10 s ahead, not slept
-    assert not isinstance(booking, AcquireTimeout)
-    assert limiter.state()["requests"].available < -0.9
-    assert booking.cancel().applied
-    assert limiter.state()["requests"].available == pytest.approx(0, abs=0.01)
+    booked = limiter._book({}, 30, None, None).permit  # booked 10 s ahead, not slept
+    assert booked is not None
+    assert limiter.state().rate("requests").available < -0.9
+    assert limiter.cancel(booked.id).applied
+    assert limiter.state().rate("requests").available == pytest.approx(0, abs=0.01)
 
 
 def test_permit_context_manager_cancels_on_exception(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", tokens=Rate(100, per=3600))
     with pytest.raises(RuntimeError), limiter.acquire(tokens=60):
         raise RuntimeError("the call never went out")
-    assert limiter.state()["tokens"].available == pytest.approx(100, abs=0.01)
+    assert limiter.state().rate("tokens").available == pytest.approx(100, abs=0.01)
     with limiter.acquire(tokens=60) as permit:
         permit.settle(tokens=20)
-    assert limiter.state()["tokens"].available == pytest.approx(80, abs=0.01)
+    assert limiter.state().rate("tokens").available == pytest.approx(80, abs=0.01)
 
 
 def test_recreating_a_quota_applies_new_rates(r: redis.Redis) -> None:
     Limiter(r, "q", requests=Rate(100, per=60)).acquire(requests=50)
     smaller = Limiter(r, "q", requests=Rate(10, per=60))
-    state = smaller.state()["requests"]
+    state = smaller.state().rate("requests")
     assert state.capacity == 10
     assert state.available == 10  # 50 left, capped at the new capacity
     assert smaller.try_acquire(requests=10) is not None
@@ -151,10 +156,10 @@ def test_recreating_a_quota_applies_new_rates(r: redis.Redis) -> None:
 def test_idle_quota_expires(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", requests=Rate(1000, per=1), tokens=Rate(1000, per=1))
     limiter.acquire(requests=5, tokens=10).settle()
-    ttl_ms = r.pttl(limiter._spec.state_key)
+    ttl_ms = r.pttl(limiter._scope.state_key)
     assert 0 < ttl_ms <= 20
     time.sleep(0.05)
-    assert r.exists(limiter._spec.state_key) == 0  # EXISTS also reaps a lazily expired key
+    assert r.exists(limiter._scope.state_key) == 0  # EXISTS also reaps a lazily expired key
 
 
 def test_all_keys_of_a_quota_share_one_hash_tag(r: redis.Redis) -> None:
@@ -171,25 +176,30 @@ def test_noscript_recovers_after_script_flush(r: redis.Redis) -> None:
     limiter.acquire()
     r.script_flush()
     assert limiter.acquire().settle().applied
-    assert limiter.state()["requests"].available == pytest.approx(8, abs=0.01)
+    assert limiter.state().rate("requests").available == pytest.approx(8, abs=0.01)
 
 
 def test_retried_acquire_with_the_same_id_books_once(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", requests=Rate(10, per=3600))
-    call, _, _ = limiter._spec.acquire_call({}, None)
-    first = limiter._spec.parse_acquire(limiter._run(call))
-    again = limiter._spec.parse_acquire(limiter._run(call))
-    assert first.admitted
-    assert again.admitted
-    assert limiter.state()["requests"].available == pytest.approx(9, abs=0.01)
+    call = next(limiter._plan.acquire({}, None, model=None, tags=None, clock_us=0))
+    script = limiter._scripts[call.script]
+    first = script(keys=call.keys, args=call.args)
+    again = script(keys=call.keys, args=call.args)
+    assert first[0] == again[0] == 1
+    assert limiter.state().rate("requests").available == pytest.approx(9, abs=0.01)
 
 
-def test_expired_lease_cannot_be_settled(r: redis.Redis) -> None:
+def test_a_reclaimed_permit_cannot_be_settled(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", tokens=Rate(100, per=3600), lease_s=0.05)
+    late = limiter.acquire(tokens=10)
+    time.sleep(0.1)
+    # Past its lease but not reclaimed yet: the actual cost still applies.
+    assert late.settle(tokens=0).status == "settled"
     permit = limiter.acquire(tokens=40)
     time.sleep(0.1)
+    limiter.try_acquire()  # any later call reclaims what outlived its lease
     assert permit.settle(tokens=0).status == "unknown"
-    assert limiter.state()["tokens"].available == pytest.approx(60, abs=0.1)
+    assert limiter.state().rate("tokens").available == pytest.approx(60, abs=0.1)
 
 
 BAD_COSTS: list[tuple[object, type[Exception]]] = [

@@ -80,4 +80,4 @@ def test_hung_server_times_out_quickly_then_recovers(frozen_server: EmbeddedServ
     # The request that timed out may have run after all: at most it is booked
     # once, never admitted twice.
     assert limiter.acquire().settle().applied
-    assert 97 <= limiter.state()["requests"].available <= 98.1
+    assert 97 <= limiter.state().rate("requests").available <= 98.1
