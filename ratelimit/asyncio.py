@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
 from typing import TypeVar
 
@@ -18,7 +20,7 @@ import redis.asyncio.cluster
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ratelimit import _core, _scripts
+from ratelimit import _core, _scripts, ledger
 from ratelimit._core import (
     Alert,
     Booking,
@@ -29,6 +31,7 @@ from ratelimit._core import (
     Settlement,
 )
 from ratelimit.errors import AcquireTimeout, InvalidArgument
+from ratelimit.ledger import LedgerEntry
 from ratelimit.limiter import URL_SOCKET_TIMEOUT_S
 from ratelimit.pricing import Pricing
 
@@ -215,6 +218,40 @@ class Limiter(_Quota):
     def rates(self) -> dict[str, Rate]:
         """Each rate dimension's rate."""
         return {dim.name: dim.rate for dim in self._scope.rates}
+
+    async def ledger_entries(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        count: int | None = None,
+    ) -> list[LedgerEntry]:
+        """This scope's ledger entries settled between ``since`` and ``until`` (oldest first)."""
+        start, end = ledger.stream_bounds(since, until)
+        try:
+            rows = await self.client.xrange(self._scope.ledger_key, start, end, count=count)
+        except redis.exceptions.RedisError as exc:
+            raise _core.backend_error(exc) from exc
+        return [ledger.parse_entry(stream_id, fields) for stream_id, fields in rows or []]
+
+    async def spend(self, day: str | None = None) -> dict[str, dict[str, Decimal]]:
+        """USD settled per day and model, ``{"2026-11-28": {"claude-...": Decimal}}``.
+
+        ``day`` (``YYYY-MM-DD`` in the ledger's zone) keeps one day only.
+        """
+        try:
+            raw = await self.client.hgetall(self._scope.spend_key)
+        except redis.exceptions.RedisError as exc:
+            raise _core.backend_error(exc) from exc
+        return ledger.parse_spend(raw, day)
+
+    async def alert_history(self, count: int | None = None) -> list[Alert]:
+        """The alerts this scope's budget has fired, oldest first (the stream keeps 1000)."""
+        try:
+            rows = await self.client.xrange(self._scope.alerts_key, count=count)
+        except redis.exceptions.RedisError as exc:
+            raise _core.backend_error(exc) from exc
+        return [ledger.parse_alert(fields) for _, fields in rows or []]
 
 
 class LimiterGroup(_Quota):

@@ -1,0 +1,162 @@
+"""Reading the ledger back: entries, daily spend counters, CSV and JSON Lines export.
+
+Every settled (and every reclaimed) permit of a budgeted scope is one entry
+of the scope's Redis stream, written by the same script call that moved the
+money, together with the day's spend counter; so, within the stream's
+retention, a day's entries always sum to that day's counter.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import IO, Any
+
+import msgpack  # type: ignore[import-untyped]
+
+from ratelimit._core import MICRO, Alert, usd
+from ratelimit.errors import BackendError
+
+__all__ = [
+    "LedgerEntry",
+    "parse_alert",
+    "parse_entry",
+    "parse_published_alert",
+    "parse_spend",
+    "to_csv",
+    "to_jsonl",
+    "total",
+]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One settled or reclaimed permit, as the ledger stream holds it."""
+
+    stream_id: str
+    """The entry's stream ID (Redis milliseconds and a sequence number)."""
+    time: datetime
+    """Redis time of the settle, UTC."""
+    scope: str
+    """The limiter (scope) whose budget was charged."""
+    permit_id: str
+    kind: str
+    """``"settled"`` or ``"reclaimed"`` (its lease ended unsettled: charged in full)."""
+    day: str
+    """The calendar day of the spend counter it was added to (``2026-11-28``)."""
+    model: str
+    cost_usd: Decimal
+    tokens: dict[str, int | str] = field(default_factory=dict)
+    """Tokens by kind (the permit's dimensions, or the usage's kinds)."""
+    tags: dict[str, Any] = field(default_factory=dict)
+    """The caller's tags."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (cost as a decimal string, time in ISO 8601)."""
+        return {
+            "stream_id": self.stream_id,
+            "time": self.time.isoformat(),
+            "scope": self.scope,
+            "permit_id": self.permit_id,
+            "kind": self.kind,
+            "day": self.day,
+            "model": self.model,
+            "cost_usd": str(self.cost_usd),
+            "tokens": self.tokens,
+            "tags": self.tags,
+        }
+
+
+def _fields(fields: object) -> dict[str, Any]:
+    if not isinstance(fields, Mapping):
+        raise BackendError(f"unreadable stream entry {fields!r}")
+    return {_text(k): v for k, v in fields.items()}
+
+
+def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
+    """A ledger entry from an ``XRANGE`` row."""
+    try:
+        values = _fields(fields)
+        record = msgpack.unpackb(values.get("rec") or b"\x80", raw=False)
+        return LedgerEntry(
+            stream_id=_text(stream_id),
+            time=datetime.fromtimestamp(int(values["t"]) / MICRO, UTC),
+            scope=_text(values["scope"]),
+            permit_id=_text(values["id"]),
+            kind=_text(values["kind"]),
+            day=_text(values["day"]),
+            model=_text(values["model"]),
+            cost_usd=usd(int(values["cost"])),
+            tokens=dict(record.get("tokens", {})),
+            tags=dict(record.get("tags", {})),
+        )
+    except (KeyError, ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise BackendError(f"unreadable ledger entry {stream_id!r}: {exc}") from exc
+
+
+def parse_spend(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dict[str, Decimal]]:
+    """Spend counters as ``{day: {model: USD}}``, optionally for one day only."""
+    spend: dict[str, dict[str, Decimal]] = {}
+    for key, value in raw.items():
+        entry_day, _, model = _text(key).partition("|")
+        if day is None or entry_day == day:
+            spend.setdefault(entry_day, {})[model] = usd(int(value))
+    return spend
+
+
+def parse_alert(fields: object) -> Alert:
+    """An alert from a row of a scope's alerts stream."""
+    values = {k: _text(v) for k, v in _fields(fields).items()}
+    return Alert(
+        threshold=int(values["threshold_ppm"]) / MICRO,
+        scope=values["scope"],
+        spent=usd(int(values["spent"])),
+        limit=usd(int(values["limit"])),
+        period=values["period"],
+    )
+
+
+def parse_published_alert(message: bytes | str) -> Alert:
+    """An alert from a message on :data:`ratelimit.ALERT_CHANNEL` (tab-separated fields)."""
+    scope, ppm, spent, limit, period, _t = _text(message).split("\t")
+    return Alert(int(ppm) / MICRO, scope, usd(int(spent)), usd(int(limit)), period)
+
+
+def stream_bounds(since: datetime | None, until: datetime | None) -> tuple[str, str]:
+    """``XRANGE`` bounds for entries settled in [since, until] (stream IDs are milliseconds)."""
+    start = "-" if since is None else str(int(since.timestamp() * 1000))
+    end = "+" if until is None else str(int(until.timestamp() * 1000))
+    return start, end
+
+
+_COLUMNS = ("stream_id", "time", "scope", "permit_id", "kind", "day", "model", "cost_usd")
+
+
+def to_csv(entries: Iterable[LedgerEntry], out: IO[str]) -> None:
+    """Write entries as CSV: one row each, tokens and tags as JSON columns."""
+    writer = csv.writer(out)
+    writer.writerow([*_COLUMNS, "tokens", "tags"])
+    for entry in entries:
+        row = entry.as_dict()
+        writer.writerow(
+            [*(row[c] for c in _COLUMNS), json.dumps(row["tokens"]), json.dumps(row["tags"])]
+        )
+
+
+def to_jsonl(entries: Iterable[LedgerEntry], out: IO[str]) -> None:
+    """Write entries as JSON Lines."""
+    for entry in entries:
+        out.write(json.dumps(entry.as_dict(), sort_keys=True) + "\n")
+
+
+def total(entries: Sequence[LedgerEntry]) -> Decimal:
+    """The exact sum of the entries' costs in USD."""
+    return sum((e.cost_usd for e in entries), Decimal(0))
