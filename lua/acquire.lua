@@ -7,8 +7,8 @@
 -- ARGV[3]  lease_us: how long after admission the permit may stay unsettled
 --          before a later call reclaims it
 -- ARGV[4..] the scope block (quota.lua), amounts = costs (0 <= cost <= cap),
---          then model (ledger label, may be empty) and blob (opaque ledger
---          record from the client, kept for a reclaim)
+--          then model (ledger label, may be empty), tokens and tags (the
+--          client's msgpack blobs for the ledger, kept for a reclaim)
 -- Reply    {1, wait_us, now_us, alerts}: admitted; the caller sleeps wait_us,
 --          then goes ahead without asking again (its place is booked: the
 --          buckets were debited now and may be negative until the refill
@@ -28,7 +28,7 @@ local id = ARGV[1]
 local max_wait = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local scopes, at = read_scopes(4)
-local model, blob = ARGV[at], ARGV[at + 1]
+local model, tokens, tags = ARGV[at], ARGV[at + 1], ARGV[at + 2]
 local now = now_us()
 
 local booked = redis.call('HGET', PERMITS, id)
@@ -86,7 +86,7 @@ for _, scope in ipairs(scopes) do
   end
 end
 
-redis.call('HSET', PERMITS, id, encode_record(now + wait, parts, model, blob))
+redis.call('HSET', PERMITS, id, encode_record(now + wait, parts, model, tokens, tags))
 redis.call('ZADD', LEASES, lease_end, id)
 local last = redis.call('ZRANGE', LEASES, -1, -1, 'WITHSCORES')
 local keep_ms = (tonumber(last[2]) + GRACE_US - now) / 1000

@@ -119,7 +119,7 @@ end
 
 -- One ledger entry and the matching spend counter, written together so the
 -- sum of a day's entries always equals the day's counter.
-local function record_spend(scope, now, id, kind, cost, model, blob)
+local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
   local b = scope.budget
   local _, _, day = period_of(b.days, now)
   day = day or b.st.label
@@ -133,7 +133,8 @@ local function record_spend(scope, now, id, kind, cost, model, blob)
   local args = { 'XADD', scope.ledger }
   for _, t in ipairs(trim) do args[#args + 1] = t end
   for _, f in ipairs({ '*', 'id', id, 'kind', kind, 'scope', scope.name, 't',
-    string.format('%.0f', now), 'day', day, 'model', model, 'cost', cost_s, 'rec', blob }) do
+    string.format('%.0f', now), 'day', day, 'model', model, 'cost', cost_s, 'tokens', tokens,
+    'tags', tags }) do
     args[#args + 1] = f
   end
   redis.call(unpack(args))
@@ -141,27 +142,31 @@ local function record_spend(scope, now, id, kind, cost, model, blob)
   extend_ttl(scope.spend, 400 * 86400 * 1000)
 end
 
--- Permit records: "<admit_us>\n<j>:<dim>:<amount> ... \n<model>\n<blob>";
--- a budget amount's dim is written "$<dim>".
-local function encode_record(admit, parts, model, blob)
+-- Permit records: "<admit_us>\n<j>:<dim>:<amount> ...\n<model>\n<#tokens>\n<tokens><tags>"
+-- (a budget amount's dim is written "$<dim>"; tokens and tags are the
+-- client's msgpack blobs, split by the length of the first).
+local function encode_record(admit, parts, model, tokens, tags)
   return string.format('%.0f', admit) .. '\n' .. table.concat(parts, ' ') .. '\n' .. model ..
-    '\n' .. blob
+    '\n' .. #tokens .. '\n' .. tokens .. tags
 end
 
 local function decode_record(record)
-  local admit, parts, model, blob = string.match(record, '^(%d+)\n([^\n]*)\n([^\n]*)\n(.*)$')
+  local admit, parts, model, n, rest = string.match(record,
+    '^(%d+)\n([^\n]*)\n([^\n]*)\n(%d+)\n(.*)$')
   local amounts = {}
   for key, amount in string.gmatch(parts, '(%d+:%$?[%w_]+):(%d+)') do
     amounts[key] = tonumber(amount)
   end
-  return { admit = tonumber(admit), amounts = amounts, model = model, blob = blob }
+  n = tonumber(n)
+  return { admit = tonumber(admit), amounts = amounts, model = model,
+    tokens = string.sub(rest, 1, n), tags = string.sub(rest, n + 1) }
 end
 
 -- Apply a permit's end: refund or charge its rate buckets (settle), move its
 -- budget reservation into spend, write the ledger, report alerts and
 -- overshoots. `actual(scope, dim, reserved)` gives each dimension's final
 -- amount. Returns false when a budget's period could not be placed.
-local function finish_permit(scopes, id, rec, actual, kind, model, blob, now, out)
+local function finish_permit(scopes, id, rec, actual, kind, model, tokens, tags, now, out)
   for _, scope in ipairs(scopes) do
     for _, d in ipairs(scope.rates) do
       local reserved = rec.amounts[scope.j .. ':' .. d.name] or 0
@@ -184,7 +189,7 @@ local function finish_permit(scopes, id, rec, actual, kind, model, blob, now, ou
       b.st.reserved = math.max(0, b.st.reserved - reserved)
       b.st.spent = b.st.spent + cost
       if cost > reserved then out.overshoots[#out.overshoots + 1] = { scope.j, cost - reserved } end
-      record_spend(scope, now, id, kind, cost, model, blob)
+      record_spend(scope, now, id, kind, cost, model, tokens, tags)
       check_alerts(scope, now, out.alerts)
       save_budget(scope, now)
     end
@@ -204,7 +209,7 @@ local function reclaim_expired(scopes, now, out)
     if record then
       local rec = decode_record(record)
       if not finish_permit(scopes, id, rec, function(_, reserved) return reserved end,
-        'reclaimed', rec.model, rec.blob, now, out) then
+        'reclaimed', rec.model, rec.tokens, rec.tags, now, out) then
         return false
       end
     end

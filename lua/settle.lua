@@ -3,8 +3,9 @@
 -- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
 -- ARGV[1]  permit id
 -- ARGV[2..] the scope block (quota.lua), amounts = actual use (-1 = keep
---          what was reserved; a cancel sends 0 everywhere), then model and
---          blob for the ledger entry (model "" = the one given at acquire)
+--          what was reserved; a cancel sends 0 everywhere), then model,
+--          tokens and tags for the ledger entry (each "" = as at acquire),
+--          and the entry's kind: "settled" or "cancelled"
 -- Reply    {status, now_us, alerts, overshoots}
 --          status 1 = settled: each rate bucket got back reserved - actual
 --          (capped at its capacity) or, when actual is larger, was debited
@@ -20,21 +21,22 @@
 
 local id = ARGV[1]
 local scopes, at = read_scopes(2)
-local model, blob = ARGV[at], ARGV[at + 1]
+local model, tokens, tags, kind = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
 local now = now_us()
 
 local record = redis.call('HGET', PERMITS, id)
 if not record then return { 0, now, {}, {} } end
 local rec = decode_record(record)
 if model == '' then model = rec.model end
-if blob == '' then blob = rec.blob end
+if tokens == '' then tokens = rec.tokens end
+if tags == '' then tags = rec.tags end
 
 local out = { alerts = {}, overshoots = {} }
 local function actual(d, reserved)
   if d.amount < 0 then return reserved end
   return d.amount
 end
-if not finish_permit(scopes, id, rec, actual, 'settled', model, blob, now, out) then
+if not finish_permit(scopes, id, rec, actual, kind, model, tokens, tags, now, out) then
   return { -2, now }
 end
 redis.call('HDEL', PERMITS, id)

@@ -669,6 +669,10 @@ class _Part:
         return args
 
 
+# A cancel's ledger tail: model, tokens and tags as at acquire, cost 0.
+_CANCELLED: list[int | str | bytes] = ["", b"", b"", "cancelled"]
+
+
 class Plan:
     """How the scopes of a limiter (or of a :class:`LimiterGroup`) are checked.
 
@@ -762,7 +766,7 @@ class Plan:
     ) -> Flow[Booking]:
         """Book one admission across every part; the shell sleeps ``permit.wait_s`` after."""
         amounts = self.amounts(costs, acquire=True)
-        model, blob = acquire_record(self, costs, model, tags)
+        ledger_tail = acquire_record(self, costs, model, tags)
         if timeout_s is None:
             max_wait_us = -1
         else:
@@ -782,7 +786,7 @@ class Plan:
                     part,
                     head=[permit_id, max_wait_us, self.lease_us],
                     amounts=amounts,
-                    tail=[model, blob],
+                    tail=ledger_tail,
                     clock_us=clock_us,
                 )
             except RedisUnavailable as exc:
@@ -868,7 +872,7 @@ class Plan:
                     part,
                     head=[permit_id],
                     amounts=zero,
-                    tail=["", b""],
+                    tail=_CANCELLED,
                     clock_us=self._instant_us,
                 )
             except BackendError:
@@ -935,27 +939,31 @@ class Plan:
         """Settle in every part: given dimensions at their actual cost, others as reserved."""
         pid = validate_name(permit_id, "permit id")
         self.amounts(actual, acquire=False)  # validate before anything is priced
-        values, label, blob = settle_inputs(
+        values, ledger_tail = settle_inputs(
             self, actual, model=model, tags=tags, usage=usage, pricing=pricing
         )
         amounts = self.amounts(values, acquire=False)
-        return (yield from self._finish(pid, amounts, label, blob, clock_us))
+        return (yield from self._finish(pid, amounts, ledger_tail, clock_us))
 
     def cancel(self, permit_id: object, *, clock_us: int) -> Flow[Settlement]:
         """Return everything a permit took, in every part."""
         pid = validate_name(permit_id, "permit id")
         zero = dict.fromkeys(self.rate_names | self.budget_names, 0)
-        return (yield from self._finish(pid, zero, "", b"", clock_us))
+        return (yield from self._finish(pid, zero, _CANCELLED, clock_us))
 
     def _finish(
-        self, pid: str, amounts: dict[str, int], model: str, blob: bytes, clock_us: int
+        self,
+        pid: str,
+        amounts: dict[str, int],
+        ledger_tail: list[int | str | bytes],
+        clock_us: int,
     ) -> Flow[Settlement]:
         applied = False
         overshoot: dict[str, Decimal] = {}
         alerts: list[Alert] = []
         for part in self.parts:
             reply = yield from self._call_with_periods(
-                "settle", part, head=[pid], amounts=amounts, tail=[model, blob], clock_us=clock_us
+                "settle", part, head=[pid], amounts=amounts, tail=ledger_tail, clock_us=clock_us
             )
             applied = applied or int(reply[0]) == 1
             alerts += self._alerts(part, reply[2])
@@ -1000,12 +1008,20 @@ class Plan:
         return result, alerts
 
 
-def ledger_blob(tokens: Mapping[str, int | str], tags: Mapping[str, object] | None) -> bytes:
-    """The msgpack record a ledger entry carries: tokens by kind and the caller's tags."""
-    if tags is not None and not isinstance(tags, Mapping):
+def pack_tokens(tokens: Mapping[str, int | str]) -> bytes:
+    """A ledger entry's tokens by kind, msgpack-encoded."""
+    packed: bytes = msgpack.packb(dict(tokens))
+    return packed
+
+
+def pack_tags(tags: Mapping[str, object] | None) -> bytes:
+    """The caller's tags, msgpack-encoded; empty when none (a settle then keeps the acquire's)."""
+    if tags is None:
+        return b""
+    if not isinstance(tags, Mapping):
         raise InvalidArgumentType(f"tags must be a mapping, not {type(tags).__name__}")
     try:
-        packed: bytes = msgpack.packb({"tokens": dict(tokens), "tags": dict(tags or {})})
+        packed: bytes = msgpack.packb(dict(tags))
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentType(f"tags must hold msgpack-encodable values: {exc}") from exc
     return packed
@@ -1029,10 +1045,10 @@ def _token_value(value: object) -> int | str:
 
 def acquire_record(
     plan: Plan, costs: Mapping[str, object], model: object, tags: Mapping[str, object] | None
-) -> tuple[str, bytes]:
-    """The ledger label and record an acquire keeps for a reclaim: its reserved tokens."""
+) -> list[int | str | bytes]:
+    """What an acquire keeps for the ledger: model, reserved tokens and tags."""
     tokens = {k: _token_value(v) for k, v in costs.items() if k in plan.rate_names}
-    return validate_model(model), ledger_blob(tokens, tags)
+    return [validate_model(model), pack_tokens(tokens), pack_tags(tags) or pack_tags({})]
 
 
 def settle_inputs(
@@ -1043,8 +1059,8 @@ def settle_inputs(
     tags: Mapping[str, object] | None,
     usage: object,
     pricing: Callable[[], Pricing],
-) -> tuple[dict[str, object], str, bytes]:
-    """A settle's actual amounts, ledger label and ledger record.
+) -> tuple[dict[str, object], list[int | str | bytes]]:
+    """A settle's actual amounts, and its ledger model, tokens and tags.
 
     With a ``usage`` (an anthropic ``Usage`` or a mapping of token counts),
     the record holds its token counts by kind and, when no budget amount is
@@ -1062,7 +1078,7 @@ def settle_inputs(
                 raise InvalidArgument("pricing a usage needs the model it ran on: model=...")
             cost = pricing().cost(label, usage)  # type: ignore[arg-type]  # checked inside
             amounts.update(dict.fromkeys(missing, cost))
-    return amounts, label, ledger_blob(tokens, tags)
+    return amounts, [label, pack_tokens(tokens) if tokens else b"", pack_tags(tags), "settled"]
 
 
 def clock_us() -> int:

@@ -49,7 +49,8 @@ class LedgerEntry:
     """The limiter (scope) whose budget was charged."""
     permit_id: str
     kind: str
-    """``"settled"`` or ``"reclaimed"`` (its lease ended unsettled: charged in full)."""
+    """``"settled"``, ``"cancelled"`` (cost 0) or ``"reclaimed"`` (its lease ended
+    unsettled: charged in full)."""
     day: str
     """The calendar day of the spend counter it was added to (``2026-11-28``)."""
     model: str
@@ -85,7 +86,8 @@ def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
     """A ledger entry from an ``XRANGE`` row."""
     try:
         values = _fields(fields)
-        record = msgpack.unpackb(values.get("rec") or b"\x80", raw=False)
+        tokens = msgpack.unpackb(values.get("tokens") or b"\x80", raw=False)
+        tags = msgpack.unpackb(values.get("tags") or b"\x80", raw=False)
         return LedgerEntry(
             stream_id=_text(stream_id),
             time=datetime.fromtimestamp(int(values["t"]) / MICRO, UTC),
@@ -95,8 +97,8 @@ def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
             day=_text(values["day"]),
             model=_text(values["model"]),
             cost_usd=usd(int(values["cost"])),
-            tokens=dict(record.get("tokens", {})),
-            tags=dict(record.get("tags", {})),
+            tokens=dict(tokens),
+            tags=dict(tags),
         )
     except (KeyError, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise BackendError(f"unreadable ledger entry {stream_id!r}: {exc}") from exc

@@ -110,8 +110,14 @@ class EmbeddedServer:
             "--logfile", "server.log",
             *self.extra_args,
         ]  # fmt: skip
+        # Its own session: a Ctrl-C in the terminal reaches our workers, which
+        # still need the server to cancel their permits, but not the server.
         self._process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ)
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=dict(os.environ),
+            start_new_session=True,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + self.start_timeout_s
