@@ -616,7 +616,7 @@ R = TypeVar("R")
 # Redis error thrown in) and returns R.
 Flow = Generator[ScriptCall, Any, R]
 
-ScriptName = Literal["acquire", "settle", "state"]
+ScriptName = Literal["acquire", "settle", "state", "observe", "record"]
 
 # Where each script's reply carries Redis time, by its first element (the status).
 _NOW_INDEX: dict[tuple[ScriptName, int], int] = {
@@ -835,7 +835,8 @@ class Plan:
                 instant = int(reply[1])  # our periods missed Redis time: send them around it
                 self._observe(instant)
                 continue
-            self._observe(int(reply[0] if script == "state" else reply[_NOW_INDEX[script, status]]))
+            at_front = script in ("state", "observe", "record")
+            self._observe(int(reply[0] if at_front else reply[_NOW_INDEX[script, status]]))
             return list(reply)
         raise BackendError("Redis time keeps moving out of the budget periods sent")
 
@@ -972,6 +973,56 @@ class Plan:
         if overshoot:
             log.warning("permit %s cost more than it reserved: %s", pid, overshoot)
         return Settlement("settled" if applied else "unknown", overshoot, tuple(alerts))
+
+    # -- provider feedback -------------------------------------------------------
+    def observe(
+        self, remaining: Mapping[str, object], retry_after_s: object, clock_us: int
+    ) -> Flow[int]:
+        """Lower the shared buckets to what the provider reports; returns how many dropped."""
+        amounts = {name: -1 for name in self.rate_names}
+        for name, value in remaining.items():
+            if name not in self.rate_names:
+                raise UnknownDimension(f"no rate dimension {name!r}; there are {sorted(amounts)}")
+            amounts[name] = to_micro(value, f"remaining {name!r}")
+        retry_us = 0 if retry_after_s is None else _scaled(retry_after_s, "retry_after", MICRO)
+        lowered = 0
+        for part in self.parts:
+            reply = yield from self._call_with_periods(
+                "observe", part, head=[], amounts=amounts, tail=[retry_us], clock_us=clock_us
+            )
+            lowered += int(reply[1])
+        return lowered
+
+    def record_saving(
+        self,
+        saved_usd: object,
+        *,
+        model: object,
+        tokens: Mapping[str, object] | None,
+        tags: Mapping[str, object] | None,
+        clock_us: int,
+    ) -> Flow[int]:
+        """Ledger a call a cached response answered, with the cost it saved."""
+        saved = to_nano(saved_usd, "saved_usd")
+        amounts = dict.fromkeys(self.budget_names, saved)
+        counts = {k: _token_value(v) for k, v in (tokens or {}).items()}
+        tail: list[int | str | bytes] = [
+            validate_model(model),
+            pack_tokens(counts),
+            pack_tags(tags) or pack_tags({}),
+        ]
+        recorded = 0
+        for part in self.parts:
+            reply = yield from self._call_with_periods(
+                "record",
+                part,
+                head=[secrets.token_hex(16)],
+                amounts=amounts,
+                tail=tail,
+                clock_us=clock_us,
+            )
+            recorded += int(reply[1])
+        return recorded
 
     # -- state -----------------------------------------------------------------
     def state(self, clock_us: int) -> Flow[tuple[QuotaState, list[Alert]]]:

@@ -12,8 +12,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
-ScriptName = Literal["acquire", "settle", "state"]
-SCRIPT_NAMES: tuple[ScriptName, ...] = ("acquire", "settle", "state")
+ScriptName = Literal["acquire", "settle", "state", "observe", "record"]
+SCRIPT_NAMES: tuple[ScriptName, ...] = ("acquire", "settle", "state", "observe", "record")
 
 _PACKAGE = Path(__file__).resolve().parent
 

@@ -49,8 +49,8 @@ class LedgerEntry:
     """The limiter (scope) whose budget was charged."""
     permit_id: str
     kind: str
-    """``"settled"``, ``"cancelled"`` (cost 0) or ``"reclaimed"`` (its lease ended
-    unsettled: charged in full)."""
+    """``"settled"``, ``"cancelled"`` (cost 0), ``"reclaimed"`` (its lease ended
+    unsettled: charged in full) or ``"cache_hit"`` (cost 0, see ``saved_usd``)."""
     day: str
     """The calendar day of the spend counter it was added to (``2026-11-28``)."""
     model: str
@@ -59,6 +59,8 @@ class LedgerEntry:
     """Tokens by kind (the permit's dimensions, or the usage's kinds)."""
     tags: dict[str, Any] = field(default_factory=dict)
     """The caller's tags."""
+    saved_usd: Decimal = Decimal(0)
+    """For a ``"cache_hit"`` entry: what the call would have cost."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (cost as a decimal string, time in ISO 8601)."""
@@ -73,6 +75,7 @@ class LedgerEntry:
             "cost_usd": str(self.cost_usd),
             "tokens": self.tokens,
             "tags": self.tags,
+            "saved_usd": str(self.saved_usd),
         }
 
 
@@ -99,6 +102,7 @@ def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
             cost_usd=usd(int(values["cost"])),
             tokens=dict(tokens),
             tags=dict(tags),
+            saved_usd=usd(int(values.get("saved", 0))),
         )
     except (KeyError, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise BackendError(f"unreadable ledger entry {stream_id!r}: {exc}") from exc
@@ -109,6 +113,8 @@ def parse_spend(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dic
     spend: dict[str, dict[str, Decimal]] = {}
     for key, value in raw.items():
         entry_day, _, model = _text(key).partition("|")
+        if model.endswith("|saved"):
+            continue  # what cache hits saved: see saved()
         if day is None or entry_day == day:
             spend.setdefault(entry_day, {})[model] = usd(int(value))
     return spend
@@ -132,6 +138,17 @@ def parse_published_alert(message: bytes | str) -> Alert:
     return Alert(int(ppm) / MICRO, scope, usd(int(spent)), usd(int(limit)), period)
 
 
+def parse_saved(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dict[str, Decimal]]:
+    """What cache hits saved, as ``{day: {model: USD}}``, optionally for one day only."""
+    saved: dict[str, dict[str, Decimal]] = {}
+    for key, value in raw.items():
+        entry_day, _, rest = _text(key).partition("|")
+        model, _, marker = rest.rpartition("|")
+        if marker == "saved" and (day is None or entry_day == day):
+            saved.setdefault(entry_day, {})[model] = usd(int(value))
+    return saved
+
+
 def stream_bounds(since: datetime | None, until: datetime | None) -> tuple[str, str]:
     """``XRANGE`` bounds for entries settled in [since, until] (stream IDs are milliseconds)."""
     start = "-" if since is None else str(int(since.timestamp() * 1000))
@@ -139,7 +156,9 @@ def stream_bounds(since: datetime | None, until: datetime | None) -> tuple[str, 
     return start, end
 
 
-_COLUMNS = ("stream_id", "time", "scope", "permit_id", "kind", "day", "model", "cost_usd")
+_COLUMNS = (
+    "stream_id", "time", "scope", "permit_id", "kind", "day", "model", "cost_usd", "saved_usd",
+)  # fmt: skip
 
 
 def to_csv(entries: Iterable[LedgerEntry], out: IO[str]) -> None:

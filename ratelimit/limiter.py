@@ -172,6 +172,35 @@ class _Quota:
         """Return everything a permit took, by id: see :meth:`Permit.cancel`."""
         return self._drive(self._plan.cancel(permit_id, clock_us=_core.clock_us()))
 
+    def observe(self, *, retry_after: float | None = None, **remaining: object) -> int:
+        """Tell every process what the provider says: bring the shared buckets down.
+
+        ``remaining`` gives units left per rate dimension (the provider's
+        ``anthropic-ratelimit-*-remaining`` headers); ``retry_after`` (seconds,
+        from a 429) holds every bucket back so no process is admitted sooner.
+        Buckets are only ever lowered. Returns how many were.
+        """
+        return self._drive(self._plan.observe(remaining, retry_after, _core.clock_us()))
+
+    def record_saving(
+        self,
+        saved_usd: object,
+        *,
+        model: str | None = None,
+        tokens: Mapping[str, object] | None = None,
+        tags: Mapping[str, object] | None = None,
+    ) -> int:
+        """Ledger a call that a cached response answered, with the cost it saved.
+
+        Budgets and rates are untouched; each budgeted scope gets a
+        ``"cache_hit"`` entry. Returns how many scopes recorded it.
+        """
+        return self._drive(
+            self._plan.record_saving(
+                saved_usd, model=model, tokens=tokens, tags=tags, clock_us=_core.clock_us()
+            )
+        )
+
     def state(self) -> QuotaState:
         """Each dimension as Redis sees it now (a group names them ``"scope.dim"``)."""
         result, alerts = self._drive(self._plan.state(_core.clock_us()))
@@ -268,6 +297,14 @@ class Limiter(_Quota):
         except redis.exceptions.RedisError as exc:
             raise _core.backend_error(exc) from exc
         return ledger.parse_spend(raw, day)
+
+    def saved(self, day: str | None = None) -> dict[str, dict[str, Decimal]]:
+        """USD that cached responses saved, per day and model (see :meth:`record_saving`)."""
+        try:
+            raw = self.client.hgetall(self._scope.spend_key)
+        except redis.exceptions.RedisError as exc:
+            raise _core.backend_error(exc) from exc
+        return ledger.parse_saved(raw, day)
 
     def alert_history(self, count: int | None = None) -> list[Alert]:
         """The alerts this scope's budget has fired, oldest first (the stream keeps 1000)."""

@@ -1,0 +1,33 @@
+-- record.lua: note in the ledger a call that cost nothing because a cached
+-- response answered it, with the cost it saved.
+--
+-- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
+-- ARGV[1]  entry id (a fresh random string from the client)
+-- ARGV[2..] the scope block (quota.lua) with each budget's amount = the
+--          cost saved, nano-dollars; then model, tokens and tags (msgpack)
+-- Reply    {now_us, recorded} or {-2, now_us} (the periods sent do not hold
+--          now_us). Each budgeted scope gets a ledger entry of kind
+--          "cache_hit" with cost 0 and "saved", and its "<day>|<model>|saved"
+--          counter grows by the amount; spend and budgets do not change.
+
+local id = ARGV[1]
+local scopes, at = read_scopes(2)
+local model, tokens, tags = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+local now = now_us()
+local recorded = 0
+for _, scope in ipairs(scopes) do
+  local b = scope.budget
+  if b then
+    if not load_budget(scope, now) then return { -2, now } end
+    local _, _, day = period_of(b.days, now)
+    if not day then return { -2, now } end
+    local saved = string.format('%.0f', b.amount)
+    redis.call('XADD', scope.ledger, 'MAXLEN', '~', math.max(b.maxlen, 1), '*', 'id', id,
+      'kind', 'cache_hit', 'scope', scope.name, 't', string.format('%.0f', now), 'day', day,
+      'model', model, 'cost', 0, 'saved', saved, 'tokens', tokens, 'tags', tags)
+    redis.call('HINCRBY', scope.spend, day .. '|' .. model .. '|saved', saved)
+    extend_ttl(scope.spend, 400 * 86400 * 1000)
+    recorded = recorded + 1
+  end
+end
+return { now, recorded }
