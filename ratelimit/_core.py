@@ -602,6 +602,15 @@ class ScriptCall:
 
 
 @dataclass(frozen=True)
+class ClientCall:
+    """A plain client command (a read of the ledger or counters), by method name."""
+
+    method: Literal["xrange", "hgetall"]
+    args: tuple[object, ...]
+    kwargs: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Booking:
     """The outcome of an acquire's script calls, before any waiting."""
 
@@ -612,9 +621,9 @@ class Booking:
 
 R = TypeVar("R")
 
-# A generator that yields script calls, receives their replies (or has the
-# Redis error thrown in) and returns R.
-Flow = Generator[ScriptCall, Any, R]
+# A generator that yields script calls (or plain client calls), receives
+# their replies (or has the Redis error thrown in) and returns R.
+Flow = Generator[ScriptCall | ClientCall, Any, R]
 
 ScriptName = Literal["acquire", "settle", "state", "observe", "record"]
 
@@ -1139,3 +1148,60 @@ def clock_us() -> int:
     scripts place every call by Redis TIME and ask again when it differs.
     """
     return time.time_ns() // 1000  # client-clock-ok: picks periods to send, Redis TIME decides
+
+
+class QuotaOwner:
+    """The I/O-free half of a limiter or group, shared by the sync and asyncio shells."""
+
+    _scope: ScopeSpec
+    _plan: Plan
+    _alert_handlers: dict[str, Callable[[Alert], object] | None]
+    _pricing: Pricing | None
+
+    def _configure(
+        self,
+        name: object,
+        dimensions: Mapping[str, object],
+        *,
+        slot: object,
+        lease_s: object,
+        on_redis_error: object,
+        ledger: object,
+        on_alert: Callable[[Alert], object] | None,
+        pricing: Pricing | None,
+    ) -> None:
+        self._scope = ScopeSpec.build(
+            name,
+            dimensions,
+            slot=slot,
+            lease_s=lease_s,
+            on_redis_error=on_redis_error,
+            ledger=ledger,
+        )
+        self._plan = Plan([self._scope])
+        self._alert_handlers = {self._scope.name: on_alert}
+        self._pricing = pricing
+
+    def _configure_group(self, members: Sequence[QuotaOwner]) -> None:
+        if not members:
+            raise InvalidArgument("a LimiterGroup needs at least one Limiter")
+        self._plan = Plan([member._scope for member in members])
+        self._alert_handlers = {}
+        for member in members:
+            self._alert_handlers.update(member._alert_handlers)
+        self._pricing = members[0]._pricing
+
+    def _pricing_table(self) -> Pricing:
+        if self._pricing is None:
+            self._pricing = Pricing.default()
+        return self._pricing
+
+    @property
+    def name(self) -> str:
+        """The quota's name (its scope in the ledger and in alerts)."""
+        return self._scope.name
+
+    @property
+    def rates(self) -> dict[str, Rate]:
+        """Each rate dimension's rate."""
+        return {dim.name: dim.rate for dim in self._scope.rates}

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from ratelimit._core import MICRO, Alert, usd
+from ratelimit._core import MICRO, Alert, ClientCall, Flow, ScopeSpec, usd
 from ratelimit.errors import BackendError
 
 __all__ = [
@@ -181,3 +181,31 @@ def to_jsonl(entries: Iterable[LedgerEntry], out: IO[str]) -> None:
 def total(entries: Sequence[LedgerEntry]) -> Decimal:
     """The exact sum of the entries' costs in USD."""
     return sum((e.cost_usd for e in entries), Decimal(0))
+
+
+# -- reads, as flows the sync and asyncio limiters drive -------------------------
+
+
+def read_entries(
+    scope: ScopeSpec, since: datetime | None, until: datetime | None, count: int | None
+) -> Flow[list[LedgerEntry]]:
+    """A scope's ledger entries settled between ``since`` and ``until``, oldest first."""
+    start, end = stream_bounds(since, until)
+    rows = yield ClientCall("xrange", (scope.ledger_key, start, end), {"count": count})
+    return [parse_entry(stream_id, fields) for stream_id, fields in rows or []]
+
+
+def read_spend(scope: ScopeSpec, day: str | None) -> Flow[dict[str, dict[str, Decimal]]]:
+    """A scope's spend counters."""
+    return parse_spend((yield ClientCall("hgetall", (scope.spend_key,))) or {}, day)
+
+
+def read_saved(scope: ScopeSpec, day: str | None) -> Flow[dict[str, dict[str, Decimal]]]:
+    """What cache hits saved a scope."""
+    return parse_saved((yield ClientCall("hgetall", (scope.spend_key,))) or {}, day)
+
+
+def read_alerts(scope: ScopeSpec, count: int | None) -> Flow[list[Alert]]:
+    """A scope's alert history, oldest first."""
+    rows = yield ClientCall("xrange", (scope.alerts_key,), {"count": count})
+    return [parse_alert(fields) for _, fields in rows or []]

@@ -46,14 +46,11 @@ def connect(url: str) -> redis.Redis:
     )
 
 
-class _Quota:
+class _Quota(_core.QuotaOwner):
     """What a Limiter and a LimiterGroup share: admission over a plan of scopes."""
 
     client: SyncClient
-    _plan: _core.Plan
     _scripts: dict[str, Script]
-    _alert_handlers: dict[str, AlertCallback | None]
-    _pricing: Pricing | None
 
     def _drive(self, flow: _core.Flow[R]) -> R:
         """Run a core flow: each script call it yields goes to Redis, each reply back."""
@@ -61,7 +58,10 @@ class _Quota:
             call = next(flow)
             while True:
                 try:
-                    reply = self._scripts[call.script](keys=call.keys, args=call.args)
+                    if isinstance(call, _core.ScriptCall):
+                        reply = self._scripts[call.script](keys=call.keys, args=call.args)
+                    else:
+                        reply = getattr(self.client, call.method)(*call.args, **call.kwargs)
                 except redis.exceptions.RedisError as exc:
                     error = _core.backend_error(exc)
                     error.__cause__ = exc
@@ -83,11 +83,6 @@ class _Quota:
                     asyncio.run(_awaited(outcome))
             except Exception:
                 _core.log.exception("the on_alert callback failed for %s", alert)
-
-    def _pricing_table(self) -> Pricing:
-        if self._pricing is None:
-            self._pricing = Pricing.default()
-        return self._pricing
 
     def _book(
         self,
@@ -245,32 +240,21 @@ class Limiter(_Quota):
         pricing: Pricing | None = None,
         **dimensions: Rate | Budget,
     ) -> None:
-        self._scope = _core.ScopeSpec.build(
+        self._configure(
             name,
             dimensions,
             slot=slot,
             lease_s=lease_s,
             on_redis_error=on_redis_error,
             ledger=ledger,
+            on_alert=on_alert,
+            pricing=pricing,
         )
-        self._plan = _core.Plan([self._scope])
         self.client = connect(client) if isinstance(client, str) else client
         self._scripts = {
             script: self.client.register_script(_scripts.source(script))
             for script in _scripts.SCRIPT_NAMES
         }
-        self._alert_handlers = {self._scope.name: on_alert}
-        self._pricing = pricing
-
-    @property
-    def name(self) -> str:
-        """The quota's name (its scope in the ledger and in alerts)."""
-        return self._scope.name
-
-    @property
-    def rates(self) -> dict[str, Rate]:
-        """Each rate dimension's rate."""
-        return {dim.name: dim.rate for dim in self._scope.rates}
 
     def ledger_entries(
         self,
@@ -280,39 +264,22 @@ class Limiter(_Quota):
         count: int | None = None,
     ) -> list[LedgerEntry]:
         """This scope's ledger entries settled between ``since`` and ``until`` (oldest first)."""
-        start, end = ledger.stream_bounds(since, until)
-        try:
-            rows = self.client.xrange(self._scope.ledger_key, start, end, count=count)
-        except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
-        return [ledger.parse_entry(stream_id, fields) for stream_id, fields in rows or []]
+        return self._drive(ledger.read_entries(self._scope, since, until, count))
 
     def spend(self, day: str | None = None) -> dict[str, dict[str, Decimal]]:
         """USD settled per day and model, ``{"2026-11-28": {"claude-...": Decimal}}``.
 
         ``day`` (``YYYY-MM-DD`` in the ledger's zone) keeps one day only.
         """
-        try:
-            raw = self.client.hgetall(self._scope.spend_key)
-        except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
-        return ledger.parse_spend(raw, day)
+        return self._drive(ledger.read_spend(self._scope, day))
 
     def saved(self, day: str | None = None) -> dict[str, dict[str, Decimal]]:
         """USD that cached responses saved, per day and model (see :meth:`record_saving`)."""
-        try:
-            raw = self.client.hgetall(self._scope.spend_key)
-        except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
-        return ledger.parse_saved(raw, day)
+        return self._drive(ledger.read_saved(self._scope, day))
 
     def alert_history(self, count: int | None = None) -> list[Alert]:
         """The alerts this scope's budget has fired, oldest first (the stream keeps 1000)."""
-        try:
-            rows = self.client.xrange(self._scope.alerts_key, count=count)
-        except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
-        return [ledger.parse_alert(fields) for _, fields in rows or []]
+        return self._drive(ledger.read_alerts(self._scope, count))
 
 
 class LimiterGroup(_Quota):
