@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio
 import redis.asyncio.cluster
@@ -24,10 +24,8 @@ from ratelimit import _core, _scripts, ledger
 from ratelimit._core import (
     Alert,
     Booking,
-    Budget,
     Ledger,
     QuotaState,
-    Rate,
     Settlement,
 )
 from ratelimit.errors import AcquireTimeout
@@ -101,7 +99,7 @@ class _Quota(_core.QuotaOwner):
         return booking
 
     async def try_acquire(
-        self, *, model: str | None = None, tags: Mapping[str, object] | None = None, **costs: object
+        self, *, model: str | None = None, tags: Mapping[str, object] | None = None, **costs: Any
     ) -> Permit | None:
         """See :meth:`ratelimit.Limiter.try_acquire`."""
         booking = await self._book(costs, 0, model, tags)
@@ -117,7 +115,7 @@ class _Quota(_core.QuotaOwner):
         *,
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
-        **costs: object,
+        **costs: Any,
     ) -> Permit:
         """See :meth:`ratelimit.Limiter.acquire`.
 
@@ -143,7 +141,7 @@ class _Quota(_core.QuotaOwner):
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
         usage: object = None,
-        **actual: object,
+        **actual: Any,
     ) -> Settlement:
         """See :meth:`ratelimit.Limiter.settle`."""
         settlement = await self._drive(
@@ -164,7 +162,7 @@ class _Quota(_core.QuotaOwner):
         """See :meth:`ratelimit.Limiter.cancel`."""
         return await self._drive(self._plan.cancel(permit_id, clock_us=_core.clock_us()))
 
-    async def observe(self, *, retry_after: float | None = None, **remaining: object) -> int:
+    async def observe(self, *, retry_after: float | None = None, **remaining: Any) -> int:
         """Tell every process what the provider says: bring the shared buckets down.
 
         ``remaining`` gives units left per rate dimension (the provider's
@@ -214,7 +212,7 @@ class Limiter(_Quota):
         on_alert: AlertCallback | None = None,
         ledger: Ledger | None = None,
         pricing: Pricing | None = None,
-        **dimensions: Rate | Budget,
+        **dimensions: Any,
     ) -> None:
         self._configure(
             name,
@@ -281,7 +279,7 @@ class Permit(_core.PermitData):
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
         usage: object = None,
-        **actual: object,
+        **actual: Any,
     ) -> Settlement:
         """See :meth:`ratelimit.Permit.settle`."""
         if self.backed:

@@ -20,10 +20,8 @@ from ratelimit import _core, _scripts, ledger
 from ratelimit._core import (
     Alert,
     Booking,
-    Budget,
     Ledger,
     QuotaState,
-    Rate,
     Settlement,
 )
 from ratelimit.errors import AcquireTimeout, InvalidArgument
@@ -98,7 +96,7 @@ class _Quota(_core.QuotaOwner):
         return booking
 
     def try_acquire(
-        self, *, model: str | None = None, tags: Mapping[str, object] | None = None, **costs: object
+        self, *, model: str | None = None, tags: Mapping[str, object] | None = None, **costs: Any
     ) -> Permit | None:
         """A permit if every dimension can pay ``costs`` right now, else None; never waits.
 
@@ -118,7 +116,7 @@ class _Quota(_core.QuotaOwner):
         *,
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
-        **costs: object,
+        **costs: Any,
     ) -> Permit:
         """Wait for a permit for ``costs``: one script call books the place in line.
 
@@ -146,7 +144,7 @@ class _Quota(_core.QuotaOwner):
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
         usage: object = None,
-        **actual: object,
+        **actual: Any,
     ) -> Settlement:
         """Settle a permit by id, from any process: see :meth:`Permit.settle`."""
         settlement = self._drive(
@@ -167,7 +165,7 @@ class _Quota(_core.QuotaOwner):
         """Return everything a permit took, by id: see :meth:`Permit.cancel`."""
         return self._drive(self._plan.cancel(permit_id, clock_us=_core.clock_us()))
 
-    def observe(self, *, retry_after: float | None = None, **remaining: object) -> int:
+    def observe(self, *, retry_after: float | None = None, **remaining: Any) -> int:
         """Tell every process what the provider says: bring the shared buckets down.
 
         ``remaining`` gives units left per rate dimension (the provider's
@@ -238,7 +236,7 @@ class Limiter(_Quota):
         on_alert: AlertCallback | None = None,
         ledger: Ledger | None = None,
         pricing: Pricing | None = None,
-        **dimensions: Rate | Budget,
+        **dimensions: Any,
     ) -> None:
         self._configure(
             name,
@@ -326,7 +324,7 @@ class Permit(_core.PermitData):
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
         usage: object = None,
-        **actual: object,
+        **actual: Any,
     ) -> Settlement:
         """Charge what the call really used, once.
 

@@ -1,0 +1,740 @@
+#!/usr/bin/env python3
+"""Core benchmark of the limiter against a real Redis-compatible server.
+
+    python benchmarks/bench_core.py [--redis-url URL] [--engine redis|valkey]
+                                    [--quick] [--processes N] [--json PATH]
+
+Without ``--redis-url`` it starts its own private server (``EmbeddedServer``).
+Against a given URL it only touches keys of its own quotas (``bench-<id>-*``,
+deleted at the end), but it does reset the server's statistics
+(``CONFIG RESETSTAT``) before each contention run.
+
+Sections:
+
+1. Latency of ``try_acquire``, ``acquire`` and ``settle`` in one process, on
+   quotas that never run out (one script round trip each), for a 3-dimension
+   and a 1-dimension quota.
+2. Throughput of ``try_acquire`` (admissions/s) from 1 and from N processes on
+   one shared quota that never runs out.
+3. Script calls per admitted request under 16-way blocking contention on a
+   saturated quota, counted by the server (``INFO commandstats``), with the
+   over-admission and the utilisation of that run.
+4. The same contention with a naive polling client (``try_acquire`` in a
+   sleep-and-retry loop), for comparison in the same run.
+
+``--quick`` shrinks every section so the whole run takes a few seconds (CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import multiprocessing
+import os
+import platform
+import queue
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from multiprocessing.context import ForkContext, SpawnContext
+from pathlib import Path
+from typing import Any, Literal
+
+import redis
+
+from ratelimit import AcquireTimeout, Limiter, Permit, Rate
+from ratelimit.limiter import connect
+from ratelimit.server import EmbeddedServer, Engine
+
+MICRO = 1_000_000
+
+#: A rate no benchmark can exhaust: 10^9 units a second, bucket of 10^9.
+UNLIMITED = Rate(1_000_000_000)
+THREE_DIM = {"requests": UNLIMITED, "input_tokens": UNLIMITED, "output_tokens": UNLIMITED}
+ONE_DIM = {"requests": UNLIMITED}
+#: Costs by dimension, passed as ``**costs``. Typed ``Any``: the methods' own
+#: keyword parameters (``model``, ``tags``...) make mypy refuse ``**dict[str, int]``.
+Costs = dict[str, Any]
+#: A typical call: its reservation, then what it really used (settled).
+COSTS_3: Costs = {"input_tokens": 1200, "output_tokens": 1024}
+ACTUAL_3: Costs = {"input_tokens": 1187, "output_tokens": 342}
+
+#: Commands that run a script (Redis < 7 counts every SCRIPT subcommand as "script").
+SCRIPT_COMMANDS = (
+    "cmdstat_eval",
+    "cmdstat_evalsha",
+    "cmdstat_eval_ro",
+    "cmdstat_evalsha_ro",
+    "cmdstat_script|load",
+    "cmdstat_script",
+)
+
+Mode = Literal["throughput", "booked", "polling"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations of one run."""
+
+    quick: bool
+    latency_calls: int
+    warmup_calls: int
+    throughput_s: float
+    processes: int
+    contention_s: float
+    contenders: int
+    contention_rate: Rate
+    acquire_timeout_s: float
+    poll_sleep_s: float
+
+    @classmethod
+    def build(cls, quick: bool, processes: int, contenders: int) -> Plan:
+        return cls(
+            quick=quick,
+            latency_calls=200 if quick else 5000,
+            warmup_calls=20 if quick else 200,
+            throughput_s=0.3 if quick else 3.0,
+            processes=processes,
+            contention_s=0.5 if quick else 5.0,
+            contenders=contenders,
+            contention_rate=Rate(200, per=1, burst=10),
+            acquire_timeout_s=5.0,
+            poll_sleep_s=0.010,
+        )
+
+
+def quota(client: redis.Redis | str, name: str, rates: Mapping[str, Rate]) -> Limiter:
+    """A limiter with these dimensions.
+
+    (Limiter's other keyword parameters make mypy refuse ``**rates`` of a
+    ``dict[str, Rate]``, hence the ``Any``.)
+    """
+    dimensions: dict[str, Any] = dict(rates)
+    return Limiter(client, name, **dimensions)
+
+
+# -- server-side counters ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScriptStats:
+    """Script calls and the server time they took, summed over SCRIPT_COMMANDS."""
+
+    calls: int
+    usec: int
+
+    def __add__(self, other: ScriptStats) -> ScriptStats:
+        return ScriptStats(self.calls + other.calls, self.usec + other.usec)
+
+    def __sub__(self, other: ScriptStats) -> ScriptStats:
+        return ScriptStats(self.calls - other.calls, self.usec - other.usec)
+
+
+def script_stats(client: redis.Redis, commands: tuple[str, ...] = SCRIPT_COMMANDS) -> ScriptStats:
+    """Calls and server time of ``commands`` (default: the script ones) since the last reset."""
+    stats: dict[str, Any] = client.info("commandstats")
+    calls = usec = 0
+    for name in commands:
+        entry = stats.get(name)
+        if isinstance(entry, dict):
+            calls += int(entry.get("calls", 0))
+            usec += int(entry.get("usec", 0))
+    return ScriptStats(calls, usec)
+
+
+def reset_stats(client: redis.Redis) -> bool:
+    """CONFIG RESETSTAT; False where the server refuses it (the before/after diff still holds)."""
+    try:
+        client.config_resetstat()
+    except redis.exceptions.ResponseError:
+        return False
+    return True
+
+
+def server_time_us(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * MICRO + int(micros)
+
+
+def server_version(client: redis.Redis) -> str:
+    info: dict[str, Any] = client.info("server")
+    if "valkey_version" in info:
+        return f"valkey {info['valkey_version']}"
+    if info.get("server_name") == "valkey":  # pragma: no cover - older Valkey
+        return f"valkey {info['redis_version']}"
+    return f"redis {info['redis_version']}"
+
+
+def preload_scripts(client: redis.Redis, name: str) -> None:
+    """Run every script once so no worker's first call pays a SCRIPT LOAD."""
+    limiter = quota(client, name, ONE_DIM)
+    permit = limiter.try_acquire()
+    if permit is not None:
+        permit.settle(requests=1)
+    limiter.state()
+
+
+# -- 1. latency -------------------------------------------------------------------
+
+
+def percentile_us(sorted_ns: list[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanosecond samples, in microseconds."""
+    index = min(len(sorted_ns) - 1, max(0, math.ceil(q * len(sorted_ns)) - 1))
+    return sorted_ns[index] / 1000
+
+
+def latency_row(shape: str, op: str, samples_ns: list[int], server: ScriptStats) -> dict[str, Any]:
+    ordered = sorted(samples_ns)
+    return {
+        "quota": shape,
+        "op": op,
+        "calls": len(ordered),
+        "p50_us": percentile_us(ordered, 0.50),
+        "p99_us": percentile_us(ordered, 0.99),
+        "mean_us": sum(ordered) / len(ordered) / 1000,
+        "server_us_per_call": server.usec / server.calls if server.calls else None,
+        "server_calls_per_op": server.calls / len(ordered),
+    }
+
+
+def measure_latency(client: redis.Redis, run_id: str, plan: Plan) -> list[dict[str, Any]]:
+    """Each operation timed alone: N admissions in a row, then N settles of them."""
+    rows: list[dict[str, Any]] = []
+    shapes: tuple[tuple[str, dict[str, Rate], Costs, Costs], ...] = (
+        ("3-dim", THREE_DIM, COSTS_3, ACTUAL_3),
+        ("1-dim", ONE_DIM, {}, {"requests": 1}),
+    )
+    clock = time.perf_counter_ns
+    for _ in range(plan.warmup_calls):
+        client.ping()
+    pings: list[int] = []
+    before = script_stats(client, ("cmdstat_ping",))
+    for _ in range(plan.latency_calls):
+        start = clock()
+        client.ping()
+        pings.append(clock() - start)
+    rows.append(latency_row("-", "PING", pings, script_stats(client, ("cmdstat_ping",)) - before))
+    for shape, rates, costs, actual in shapes:
+        limiter = quota(client, f"{run_id}-lat-{shape}", rates)
+        for _ in range(plan.warmup_calls):
+            warm = limiter.try_acquire(**costs)
+            assert warm is not None
+            warm.settle(**actual)
+        settle_ns: list[int] = []
+        settle_server = ScriptStats(0, 0)
+        for op in ("try_acquire", "acquire"):
+            permits: list[Permit | None] = []
+            samples: list[int] = []
+            before = script_stats(client)
+            for _ in range(plan.latency_calls):
+                if op == "try_acquire":
+                    start = clock()
+                    permit = limiter.try_acquire(**costs)
+                else:
+                    start = clock()
+                    permit = limiter.acquire(timeout=1, **costs)
+                samples.append(clock() - start)
+                permits.append(permit)
+            rows.append(latency_row(shape, op, samples, script_stats(client) - before))
+            assert all(p is not None for p in permits), f"{shape} quota ran out"
+            before = script_stats(client)
+            for permit in permits:
+                assert permit is not None
+                start = clock()
+                permit.settle(**actual)
+                settle_ns.append(clock() - start)
+            settle_server = settle_server + (script_stats(client) - before)
+        rows.append(latency_row(shape, "settle", settle_ns, settle_server))
+    return rows
+
+
+# -- worker processes -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one worker process does."""
+
+    mode: Mode
+    url: str
+    name: str
+    rates: dict[str, Rate]
+    costs: Costs
+    duration_s: float
+    timeout_s: float = 5.0
+    poll_sleep_s: float = 0.010
+
+
+@dataclass
+class WorkerResult:
+    admitted: int = 0
+    calls: int = 0
+    refused: int = 0
+    admitted_at_us: list[int] = field(default_factory=list)
+    go_ahead_ms: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    error: str | None = None
+
+
+def _work(job: Job, deadline: float, limiter: Limiter, out: WorkerResult) -> None:
+    now = time.monotonic
+    if job.mode == "throughput":
+        while now() < deadline:
+            out.calls += 1
+            if limiter.try_acquire(**job.costs) is None:
+                out.refused += 1
+            else:
+                out.admitted += 1
+    elif job.mode == "booked":
+        while now() < deadline:
+            asked = now()
+            out.calls += 1
+            try:
+                permit = limiter.acquire(timeout=job.timeout_s, **job.costs)
+            except AcquireTimeout as exc:
+                out.refused += 1
+                time.sleep(min(max(exc.retry_after, 0.0), 0.1))
+                continue
+            out.admitted += 1
+            out.admitted_at_us.append(permit.admitted_at_us)
+            out.go_ahead_ms.append((now() - asked) * 1000)
+    else:
+        while now() < deadline:
+            asked = now()
+            while True:
+                out.calls += 1
+                polled = limiter.try_acquire(**job.costs)
+                if polled is not None or now() >= deadline:
+                    break
+                out.refused += 1
+                time.sleep(job.poll_sleep_s)
+            if polled is None:
+                break
+            out.admitted += 1
+            out.admitted_at_us.append(polled.admitted_at_us)
+            out.go_ahead_ms.append((now() - asked) * 1000)
+
+
+def _worker(
+    job: Job,
+    ready: multiprocessing.Queue[str | None],
+    go: Any,
+    start_at: Any,
+    results: multiprocessing.Queue[WorkerResult],
+) -> None:
+    out = WorkerResult()
+    try:
+        limiter = quota(job.url, job.name, job.rates)
+        limiter.client.ping()
+    except Exception as exc:
+        ready.put(f"worker {os.getpid()} could not start: {exc!r}")
+        return
+    ready.put(None)
+    try:
+        go.wait()
+        start = float(start_at.value)
+        time.sleep(max(0.0, start - time.monotonic()))
+        _work(job, start + job.duration_s, limiter, out)
+        out.elapsed_s = time.monotonic() - start
+    except Exception as exc:
+        out.error = f"worker {os.getpid()}: {exc!r}"
+    finally:
+        results.put(out)
+
+
+def mp_context() -> ForkContext | SpawnContext:
+    """Fork where there is one (fast to start 16 workers), else spawn."""
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def run_workers(
+    job: Job, count: int, before_go: Callable[[], None] = lambda: None
+) -> list[WorkerResult]:
+    """Start ``count`` workers on ``job``, let them go together, collect their results."""
+    ctx = mp_context()
+    ready: multiprocessing.Queue[str | None] = ctx.Queue()
+    results: multiprocessing.Queue[WorkerResult] = ctx.Queue()
+    go = ctx.Event()
+    start_at = ctx.Value("d", 0.0)
+    workers = [
+        ctx.Process(target=_worker, args=(job, ready, go, start_at, results), daemon=True)
+        for _ in range(count)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        problems = [ready.get(timeout=60) for _ in workers]
+        failed = [p for p in problems if p is not None]
+        if failed:
+            raise RuntimeError("; ".join(failed))
+        before_go()
+        start_at.value = time.monotonic() + 0.05
+        go.set()
+        limit = job.duration_s + job.timeout_s + 60
+        collected = [results.get(timeout=limit) for _ in workers]
+    except BaseException as exc:
+        for worker in workers:  # some may wait forever for a go that will not come
+            worker.terminate()
+        if isinstance(exc, queue.Empty):
+            raise RuntimeError(f"{job.mode} workers did not report in time") from None
+        raise
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+    errors = [r.error for r in collected if r.error]
+    if errors:
+        raise RuntimeError("; ".join(errors))
+    return collected
+
+
+# -- 2. throughput ----------------------------------------------------------------
+
+
+def measure_throughput(url: str, run_id: str, plan: Plan) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for count in sorted({1, plan.processes}):
+        job = Job("throughput", url, f"{run_id}-tp-{count}", THREE_DIM, COSTS_3, plan.throughput_s)
+        results = run_workers(job, count)
+        admitted = sum(r.admitted for r in results)
+        elapsed = max(r.elapsed_s for r in results)
+        rows.append(
+            {
+                "processes": count,
+                "seconds": elapsed,
+                "admitted": admitted,
+                "refused": sum(r.refused for r in results),
+                "admissions_per_s": admitted / elapsed,
+                "per_process_per_s": admitted / elapsed / count,
+            }
+        )
+    return rows
+
+
+# -- 3./4. contention ---------------------------------------------------------------
+
+
+def admission_check(times_us: list[int], rate: Rate, cost_micro: int) -> dict[str, Any]:
+    """Admissions against what the bucket allows, by server TIME.
+
+    The quota is fresh (full) at the first admission t0; by the i-th admission
+    at t_i at most ``burst + rate * (t_i - t0)`` may have gone ahead.
+    ``over_admitted`` is the worst excess over every such prefix (0 = exact).
+    """
+    if not times_us:
+        return {"elapsed_s": 0.0, "allowed": 0, "over_admitted": 0, "utilisation": 0.0}
+    ordered = sorted(times_us)
+    num, den = rate.refill_fraction()
+    cap = rate.capacity_micro
+    first = ordered[0]
+    worst = 0
+    for index, at in enumerate(ordered, 1):
+        excess = index * cost_micro - (cap + (at - first) * num // den)
+        if excess > 0:
+            worst = max(worst, -(-excess // cost_micro))
+    elapsed_us = ordered[-1] - first
+    allowed = (cap + elapsed_us * num // den) // cost_micro
+    return {
+        "elapsed_s": elapsed_us / MICRO,
+        "allowed": allowed,
+        "over_admitted": worst,
+        "utilisation": len(ordered) / allowed if allowed else 0.0,
+    }
+
+
+def measure_contention(
+    client: redis.Redis, url: str, run_id: str, plan: Plan, mode: Literal["booked", "polling"]
+) -> dict[str, Any]:
+    job = Job(
+        mode,
+        url,
+        f"{run_id}-{mode}",
+        {"requests": plan.contention_rate},
+        {},
+        plan.contention_s,
+        timeout_s=plan.acquire_timeout_s,
+        poll_sleep_s=plan.poll_sleep_s,
+    )
+    marks: dict[str, Any] = {}
+
+    def before_go() -> None:
+        marks["resetstat"] = reset_stats(client)
+        marks["stats"] = script_stats(client)
+        marks["start_us"] = server_time_us(client)
+
+    results = run_workers(job, plan.contenders, before_go)
+    server = script_stats(client) - marks["stats"]
+    end_us = server_time_us(client)
+    admitted = sum(r.admitted for r in results)
+    client_calls = sum(r.calls for r in results)
+    times = [t for r in results for t in r.admitted_at_us]
+    waits = sorted(w for r in results for w in r.go_ahead_ms)
+    check = admission_check(times, plan.contention_rate, MICRO)
+    return {
+        "mode": mode,
+        "processes": plan.contenders,
+        "seconds": plan.contention_s,
+        "server_seconds": (end_us - marks["start_us"]) / MICRO,
+        "admitted": admitted,
+        "script_calls": server.calls,
+        "client_calls": client_calls,
+        "calls_per_admission": server.calls / admitted if admitted else math.inf,
+        "refused": sum(r.refused for r in results),
+        "resetstat": marks["resetstat"],
+        "go_ahead_ms_p50": waits[len(waits) // 2] if waits else None,
+        "go_ahead_ms_p99": waits[min(len(waits) - 1, math.ceil(0.99 * len(waits)) - 1)]
+        if waits
+        else None,
+        **check,
+    }
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("llm-quota-guard")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  " + "  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def _f(value: float | None, spec: str = ".0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_conditions(conditions: Mapping[str, Any]) -> None:
+    print("llm-quota-guard core benchmark")
+    for key, value in conditions.items():
+        print(f"  {key:<12} {value}")
+    print()
+
+
+def print_latency(rows: list[dict[str, Any]]) -> None:
+    print("[1] Latency: one process, quotas that never run out (client round trip, µs)")
+    print("    PING = the bare round trip; server columns from INFO commandstats")
+    print(
+        table(
+            [
+                "quota",
+                "op",
+                "calls",
+                "p50 µs",
+                "p99 µs",
+                "mean µs",
+                "server calls/op",
+                "server µs/call",
+            ],
+            [
+                [
+                    r["quota"],
+                    r["op"],
+                    str(r["calls"]),
+                    _f(r["p50_us"]),
+                    _f(r["p99_us"]),
+                    _f(r["mean_us"]),
+                    _f(r["server_calls_per_op"], ".2f"),
+                    _f(r["server_us_per_call"], ".1f"),
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print()
+
+
+def print_throughput(rows: list[dict[str, Any]]) -> None:
+    print("[2] Throughput: try_acquire on one shared 3-dim quota that never runs out")
+    base = rows[0]["admissions_per_s"]
+    print(
+        table(
+            ["processes", "seconds", "admitted", "admissions/s", "per process/s", "vs 1 proc"],
+            [
+                [
+                    str(r["processes"]),
+                    _f(r["seconds"], ".2f"),
+                    str(r["admitted"]),
+                    _f(r["admissions_per_s"]),
+                    _f(r["per_process_per_s"]),
+                    f"x{r['admissions_per_s'] / base:.2f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print()
+
+
+def contention_table(runs: list[dict[str, Any]]) -> str:
+    return table(
+        [
+            "client",
+            "admitted",
+            "script calls",
+            "calls/admission",
+            "refused",
+            "admit span s",
+            "allowed",
+            "over-admitted",
+            "utilisation",
+            "go-ahead p50/p99 ms",
+        ],
+        [
+            [
+                r["label"],
+                str(r["admitted"]),
+                str(r["script_calls"]),
+                _f(r["calls_per_admission"], ".3f"),
+                str(r["refused"]),
+                _f(r["elapsed_s"], ".3f"),
+                str(r["allowed"]),
+                str(r["over_admitted"]),
+                f"{r['utilisation']:.1%}",
+                f"{_f(r['go_ahead_ms_p50'], '.1f')}/{_f(r['go_ahead_ms_p99'], '.1f')}",
+            ]
+            for r in runs
+        ],
+    )
+
+
+def print_contention(booked: dict[str, Any], polling: dict[str, Any], plan: Plan) -> None:
+    rate = plan.contention_rate
+    quota = f"requests=Rate({rate.amount}/s, burst {rate.capacity:g})"
+    print(
+        f"[3] Contention: {plan.contenders} processes x acquire(timeout={plan.acquire_timeout_s:g})"
+        f" on {quota} for {plan.contention_s:g} s"
+    )
+    print(
+        "    script calls counted by the server (INFO commandstats: eval/evalsha/script load),"
+        " no settle: one admission = one acquire"
+    )
+    booked["label"] = "booked acquire"
+    print(contention_table([booked]))
+    print(
+        "    allowed = burst + rate x (last - first admission, server TIME);"
+        " over-admitted = worst excess over any prefix of admissions"
+    )
+    print()
+    print(
+        f"[4] Polling baseline: {plan.contenders} processes x try_acquire,"
+        f" sleep {plan.poll_sleep_s * 1000:g} ms between tries, same quota and duration"
+    )
+    polling["label"] = f"polling {plan.poll_sleep_s * 1000:g} ms"
+    print(contention_table([booked, polling]))
+    ratio = polling["calls_per_admission"] / booked["calls_per_admission"]
+    print(
+        f"    script calls per admission: booked {booked['calls_per_admission']:.3f}"
+        f" vs polling {polling['calls_per_admission']:.3f} (polling makes x{ratio:.1f} as many)"
+    )
+    print()
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+@contextmanager
+def server_for(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+    """The URL to benchmark and how it was obtained."""
+    if args.redis_url:
+        yield args.redis_url, "given URL"
+        return
+    engine: Engine | None = args.engine
+    with EmbeddedServer(engine) as server:
+        yield server.url, f"private {server.engine} ({server.binary}) on port {server.port}"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--redis-url", help="benchmark this server instead of a private one")
+    parser.add_argument("--engine", choices=["redis", "valkey"], help="private server's engine")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a few seconds, CI)")
+    parser.add_argument("--processes", type=int, default=4, help="throughput processes (4)")
+    parser.add_argument("--contenders", type=int, default=16, help="contention processes (16)")
+    parser.add_argument("--json", type=Path, help="also save the results to this file")
+    args = parser.parse_args(argv)
+    if args.processes < 1 or args.contenders < 1:
+        parser.error("--processes and --contenders must be at least 1")
+    if args.redis_url and args.engine:
+        parser.error("--engine picks a private server; it cannot go with --redis-url")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.build(args.quick, args.processes, args.contenders)
+    run_id = f"bench-{secrets.token_hex(4)}"
+    began = time.monotonic()
+    with server_for(args) as (url, origin):
+        client = connect(url)
+        try:
+            conditions = {
+                "server": f"{server_version(client)}, {origin}",
+                "client": f"redis-py {redis.__version__}, "
+                f"{platform.python_implementation()} {platform.python_version()}",
+                "package": f"llm-quota-guard {package_version()}",
+                "machine": f"{platform.platform()}, os.cpu_count()={os.cpu_count()}",
+                "mode": (
+                    f"{'quick' if plan.quick else 'full'}: latency {plan.latency_calls} calls/op;"
+                    f" throughput {plan.throughput_s:g} s at 1 and {plan.processes} processes;"
+                    f" contention {plan.contention_s:g} s x {plan.contenders} processes"
+                ),
+                "start method": mp_context().get_start_method(),
+            }
+            print_conditions(conditions)
+            preload_scripts(client, f"{run_id}-preload")
+            latency = measure_latency(client, run_id, plan)
+            print_latency(latency)
+            throughput = measure_throughput(url, run_id, plan)
+            print_throughput(throughput)
+            booked = measure_contention(client, url, run_id, plan, "booked")
+            polling = measure_contention(client, url, run_id, plan, "polling")
+            print_contention(booked, polling, plan)
+            total = time.monotonic() - began
+            print(f"total {total:.1f} s")
+            if args.json:
+                args.json.write_text(
+                    json.dumps(
+                        {
+                            "conditions": conditions,
+                            "plan": {**asdict(plan), "contention_rate": str(plan.contention_rate)},
+                            "latency": latency,
+                            "throughput": throughput,
+                            "contention": {"booked": booked, "polling": polling},
+                            "total_s": total,
+                        },
+                        indent=2,
+                    )
+                    + "\n",
+                    encoding="utf-8",
+                )
+        finally:
+            try:  # the benchmark's own quotas only
+                keys = list(client.scan_iter(match=f"rl:v1:{{{run_id}-*", count=1000))
+                if keys:
+                    client.delete(*keys)
+            except redis.exceptions.RedisError:
+                pass
+            client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
