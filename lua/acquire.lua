@@ -43,9 +43,9 @@ if not reclaim_expired(scopes, now, out) then return { -2, now } end
 local FLOOR = -2251799813685248
 local wait = 0
 for _, scope in ipairs(scopes) do
-  for _, d in ipairs(scope.rates) do
-    d.level, d.rem = refill(decode(redis.call('HGET', scope.state, d.name)), d.cap, d.num, d.den,
-      now)
+  local raw = read_buckets(scope)
+  for i, d in ipairs(scope.rates) do
+    d.level, d.rem = refill(decode(raw[i]), d.cap, d.num, d.den, now)
     local w = wait_for(d.level, d.rem, d.amount, d.num, d.den)
     if w > wait then wait = w end
     if d.level - d.amount < FLOOR then wait = math.huge end
@@ -70,14 +70,18 @@ end
 local lease_end = now + wait + lease
 local parts = {}
 for _, scope in ipairs(scopes) do
-  local full_in = 0
+  local full_in, fields = 0, {}
   for _, d in ipairs(scope.rates) do
     local level = d.level - d.amount
-    redis.call('HSET', scope.state, d.name, encode(level, d.rem, d.den, now))
+    fields[#fields + 1] = d.name
+    fields[#fields + 1] = encode(level, d.rem, d.den, now)
     parts[#parts + 1] = scope.j .. ':' .. d.name .. ':' .. string.format('%.0f', d.amount)
     full_in = math.max(full_in, wait_for(level, d.rem, d.cap, d.num, d.den))
   end
-  if #scope.rates > 0 then extend_ttl(scope.state, full_in / 1000 + 1) end
+  if #fields > 0 then
+    redis.call('HSET', scope.state, unpack(fields))
+    extend_ttl(scope.state, full_in / 1000 + 1)
+  end
   local b = scope.budget
   if b then
     b.st.reserved = b.st.reserved + b.amount
@@ -88,8 +92,8 @@ end
 
 redis.call('HSET', PERMITS, id, encode_record(now + wait, parts, model, tokens, tags))
 redis.call('ZADD', LEASES, lease_end, id)
-local last = redis.call('ZRANGE', LEASES, -1, -1, 'WITHSCORES')
-local keep_ms = (tonumber(last[2]) + GRACE_US - now) / 1000
+-- Never shortened, so the keys outlive the latest lease of all.
+local keep_ms = (lease_end + GRACE_US - now) / 1000
 extend_ttl(PERMITS, keep_ms)
 extend_ttl(LEASES, keep_ms)
 return { 1, wait, now, out.alerts }

@@ -63,6 +63,14 @@ local function read_scopes(at)
   return scopes, at
 end
 
+-- The raw bucket fields of a scope's rate dimensions, in order (one HMGET).
+local function read_buckets(scope)
+  if #scope.rates == 0 then return {} end
+  local names = {}
+  for i, d in ipairs(scope.rates) do names[i] = d.name end
+  return redis.call('HMGET', scope.state, unpack(names))
+end
+
 -- The [start, end) and label of the period holding `now`, or nil when the
 -- client sent boundaries around a different time (its clock is far off).
 local function period_of(p, now)

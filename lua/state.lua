@@ -16,9 +16,9 @@ local out = { alerts = {}, overshoots = {} }
 if not reclaim_expired(scopes, now, out) then return { -2, now } end
 local levels, budgets = {}, {}
 for _, scope in ipairs(scopes) do
-  for _, d in ipairs(scope.rates) do
-    levels[#levels + 1] = refill(decode(redis.call('HGET', scope.state, d.name)), d.cap, d.num,
-      d.den, now)
+  local raw = read_buckets(scope)
+  for i, d in ipairs(scope.rates) do
+    levels[#levels + 1] = refill(decode(raw[i]), d.cap, d.num, d.den, now)
   end
   if scope.budget then
     local st = load_budget(scope, now)

@@ -33,29 +33,18 @@ Importing :mod:`ratelimit` never imports this module or Celery.
 from __future__ import annotations
 
 import functools
-import logging
-import math
-import os
-import random
-import threading
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from celery import Task
 from celery import current_task as _current_task
 
+from ratelimit import _tasks
 from ratelimit._core import Budget, Rate
-from ratelimit.errors import (
-    AcquireTimeout,
-    BudgetExceeded,
-    InvalidArgument,
-    InvalidArgumentType,
-    LimiterError,
-)
-from ratelimit.limiter import Limiter, LimiterGroup, Permit
+from ratelimit._tasks import BudgetPolicy, Costs, ErrorPolicy, NoCurrentPermit, Quota
+from ratelimit.errors import AcquireTimeout, BudgetExceeded
+from ratelimit.limiter import Permit
 
 __all__ = [
     "BudgetPolicy",
@@ -69,184 +58,17 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-Quota = Limiter | LimiterGroup
-#: What a task costs: a mapping of dimension name to amount (``model`` and
-#: ``tags`` label the ledger entry), or a callable that computes one from the
-#: task's arguments (without a bound task's ``self``).
-Costs = Mapping[str, object] | Callable[..., Mapping[str, object]]
-#: What a task does when a budget cannot take its cost: fail at once, or retry
-#: when the budget's period resets.
-BudgetPolicy = Literal["fail", "retry_at_reset"]
-#: What a permit becomes when the body raises: ``"cancel"`` gives everything
-#: back (the call is taken not to have gone out), ``"keep"`` charges the
-#: reservation as if the call had gone out.
-ErrorPolicy = Literal["cancel", "keep"]
-
-log = logging.getLogger("ratelimit.celery")
-
-
-class NoCurrentPermit(LimiterError, LookupError):
-    """:func:`current_permit` was called outside the body of a ``rate_limited`` task."""
-
-
-_permit: ContextVar[Permit | None] = ContextVar("ratelimit_celery_permit", default=None)
+_celery = _tasks.Integration("ratelimit.celery", "task")
 
 
 def current_permit() -> Permit:
     """The permit of the ``rate_limited`` task body running now.
 
     Settle it with what the call really used (``current_permit().settle(...)``);
-    once settled, the decorator does not settle again.
+    once settled, the decorator does not settle again. Outside a task body it
+    raises :class:`NoCurrentPermit`.
     """
-    permit = _permit.get()
-    if permit is None:
-        raise NoCurrentPermit("current_permit() is only available inside a rate_limited task")
-    return permit
-
-
-# -- the quota, built once per process ----------------------------------------
-
-
-class _ProcessLimiters:
-    """Limiters built from a URL in this process, by quota.
-
-    Every task of the process that names the same quota shares one limiter
-    (one connection pool); after a fork the child starts afresh, since the
-    parent's connections are not its to use.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._pid = os.getpid()
-        self._limiters: dict[str, Quota] = {}
-
-    def get(self, key: str, build: Callable[[], Quota]) -> Quota:
-        """The limiter for ``key``, made by ``build`` if this process has none (lock held)."""
-        if self._pid != os.getpid():
-            self._limiters.clear()
-            self._pid = os.getpid()
-        quota = self._limiters.get(key)
-        if quota is None:
-            quota = self._limiters[key] = build()
-        return quota
-
-
-_process_limiters = _ProcessLimiters()
-
-
-class _LazyQuota:
-    """A limiter made on first use in each process, never inherited across a fork.
-
-    Celery's prefork children are forked from the main worker process after it
-    imported the tasks; a connection opened before the fork would be shared by
-    every child, so the limiter is only built inside the process that uses it.
-    """
-
-    def __init__(
-        self,
-        factory: Callable[[], Quota] | None,
-        url: str | None,
-        name: str | None,
-        dimensions: Mapping[str, Rate | Budget],
-    ) -> None:
-        if factory is not None:
-            if url is not None or name is not None or dimensions:
-                raise InvalidArgument("give limiter= or url=, name= and dimensions, not both")
-            if not callable(factory):
-                raise InvalidArgumentType("limiter= must be a callable that builds a Limiter")
-        elif not isinstance(url, str) or not isinstance(name, str):
-            raise InvalidArgumentType("give limiter= (a factory) or url= and name= (strings)")
-        self._factory = factory
-        self._url = url or ""
-        self._name = name or ""
-        self._dimensions: dict[str, Any] = dict(dimensions)
-        self._key = f"{url}\x00{name}\x00{sorted(self._dimensions.items())!r}"
-        self._built: tuple[int, Quota] | None = None
-
-    def get(self) -> Quota:
-        """This process's limiter, built now if it has none yet."""
-        pid = os.getpid()
-        built = self._built
-        if built is not None and built[0] == pid:
-            return built[1]
-        with _process_limiters.lock:
-            if self._factory is not None:
-                quota = self._factory()
-            else:
-                quota = _process_limiters.get(self._key, self._from_url)
-            self._built = (pid, quota)
-        return quota
-
-    def _from_url(self) -> Quota:
-        return Limiter(self._url, self._name, **self._dimensions)
-
-
-# -- one run of a task ----------------------------------------------------------
-
-
-def _costs_of(costs: Costs | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    if costs is None:
-        return {}
-    got = costs(*args, **kwargs) if callable(costs) else costs
-    if not isinstance(got, Mapping):
-        raise InvalidArgumentType(f"costs must give a mapping, got {type(got).__name__}")
-    return dict(got)
-
-
-@dataclass(frozen=True)
-class _Settler:
-    """What becomes of a permit once the body has run."""
-
-    actual: Callable[[Any], Mapping[str, object] | None] | None
-    on_error: ErrorPolicy
-
-    def run(self, permit: Permit, cost: Mapping[str, Any], body: Callable[[], R]) -> R:
-        """Run ``body`` with ``permit`` as the current permit, then settle or cancel it."""
-        token = _permit.set(permit)
-        try:
-            result = body()
-        except BaseException:
-            if permit.settlement is None:
-                try:
-                    if self.on_error == "cancel":
-                        permit.cancel()
-                    else:
-                        permit.settle()
-                except Exception:
-                    log.exception("could not %s permit %s", self.on_error, permit.id)
-            raise
-        finally:
-            _permit.reset(token)
-        if permit.settlement is None:
-            self._settle(permit, result, cost)
-        return result
-
-    def _settle(self, permit: Permit, result: Any, cost: Mapping[str, Any]) -> None:
-        try:
-            given: dict[str, Any] = dict(self.actual(result) or {}) if self.actual else {}
-        except Exception:
-            # The call went out; a bug in the mapping must not fail (and so
-            # re-run) the task: the reservation stands as the charge.
-            log.exception("actual() failed for permit %s; charging its reservation", permit.id)
-            given = {}
-        # The ledger entry keeps the model and tags the costs named.
-        for label in ("model", "tags"):
-            if label in cost:
-                given.setdefault(label, cost[label])
-        try:
-            permit.settle(**given)
-        except Exception:
-            # The work is done: failing the task now would invite a second
-            # call. An unsettled permit is reclaimed when its lease runs out.
-            log.exception("could not settle permit %s; its lease will reclaim it", permit.id)
-
-
-def _check_seconds(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidArgumentType(f"{what} must be a number of seconds")
-    if not math.isfinite(value) or value < 0:
-        raise InvalidArgument(f"{what} must be finite and >= 0, got {value!r}")
-    return float(value)
+    return _celery.current_permit()
 
 
 def _running_task(args: tuple[Any, ...]) -> tuple[Any, bool]:
@@ -303,42 +125,40 @@ def rate_limited(
     the reservation stands), unless the body already settled it through
     :func:`current_permit`. When the body raises, ``on_error="cancel"`` gives
     the permit back (the call is taken not to have gone out) and ``"keep"``
-    charges the reservation. Called outside a worker, a refused admission
-    raises :class:`~ratelimit.errors.AcquireTimeout`.
+    charges the reservation. Called directly (not through a worker), a
+    refused admission raises :class:`~ratelimit.errors.AcquireTimeout`; run
+    eagerly (``apply()``, ``task_always_eager``), it waits in place for its
+    turn, since Celery would re-run an eager retry at once.
     """
-    quota = _LazyQuota(limiter, url, name, dimensions)
-    wait = _check_seconds(wait_s, "wait_s")
-    jitter = _check_seconds(jitter_s, "jitter_s")
-    if on_budget_exceeded not in ("fail", "retry_at_reset"):
-        raise InvalidArgument(
-            f"on_budget_exceeded must be 'fail' or 'retry_at_reset', got {on_budget_exceeded!r}"
-        )
-    if on_error not in ("cancel", "keep"):
-        raise InvalidArgument(f"on_error must be 'cancel' or 'keep', got {on_error!r}")
-    if max_retries is not None and (
-        isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0
-    ):
-        raise InvalidArgument(f"max_retries must be None or an int >= 0, got {max_retries!r}")
-    settler = _Settler(actual, on_error)
+    quota = _tasks.LazyQuota(limiter, url, name, dimensions)
+    admission = _tasks.Admission(quota, costs, wait_s, jitter_s, on_budget_exceeded)
+    settler = _tasks.Settler(_celery, actual, on_error)
+    _tasks.check_max_retries(max_retries, none_ok=True)
     retry_options: dict[str, Any] = {} if max_retries is None else {"max_retries": max_retries}
 
     def decorate(body: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(body)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             task, bound = _running_task(args)
-            cost = _costs_of(costs, args[1:] if bound else args, kwargs)
+            cost = admission.cost(args[1:] if bound else args, kwargs)
             try:
-                permit = quota.get().acquire(wait, **cost)
+                permit = admission.acquire(cost)
             except AcquireTimeout as exc:
                 if task is None:
                     raise
-                # retry() raises Retry (or, out of retries, this AcquireTimeout).
-                countdown = exc.retry_after + random.uniform(0, jitter)
-                raise task.retry(countdown=countdown, exc=exc, **retry_options) from None
+                if task.request.is_eager:
+                    # apply() and task_always_eager re-run a retry at once, in
+                    # this thread, ignoring its countdown: a busy loop. There
+                    # is no slot to free, so take a place in line instead.
+                    permit = quota.get().acquire(None, **cost)
+                else:
+                    # retry() raises Retry (or, out of retries, this AcquireTimeout).
+                    countdown = exc.retry_after + admission.jitter()
+                    raise task.retry(countdown=countdown, exc=exc, **retry_options) from None
             except BudgetExceeded as exc:
-                if task is None or on_budget_exceeded == "fail":
+                if task is None or admission.on_budget_exceeded == "fail":
                     raise
-                eta = exc.resets_at + timedelta(seconds=random.uniform(0, jitter))
+                eta = exc.resets_at + timedelta(seconds=admission.jitter())
                 raise task.retry(eta=eta, exc=exc, **retry_options) from None
             return settler.run(permit, cost, functools.partial(body, *args, **kwargs))
 

@@ -7,8 +7,10 @@ Redis, so a rejected call never changes shared state.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 
 class LimiterError(Exception):
@@ -41,6 +43,11 @@ class AcquireTimeout(LimiterError):
     def __init__(self, message: str, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By default unpickling calls the class with the message alone, which
+        # __init__ refuses; Celery pickles a task's failure to pass it on.
+        return type(self), (*self.args, self.retry_after), self.__dict__
 
 
 class BackendError(LimiterError):
@@ -84,3 +91,15 @@ class BudgetExceeded(LimiterError):
         self.reserved = reserved
         self.limit = limit
         self.resets_at = resets_at
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled, the class is called again with the message and, unlike
+        # pickle's default, the keyword-only details it needs.
+        details: dict[str, Any] = {
+            "scope": self.scope,
+            "spent": self.spent,
+            "reserved": self.reserved,
+            "limit": self.limit,
+            "resets_at": self.resets_at,
+        }
+        return functools.partial(type(self), **details), self.args, self.__dict__
