@@ -10,9 +10,11 @@
 --          then model (ledger label, may be empty), tokens and tags (the
 --          client's msgpack blobs for the ledger, kept for a reclaim)
 -- Reply    {1, wait_us, now_us, alerts}: admitted; the caller sleeps wait_us,
---          then goes ahead without asking again (its place is booked: the
---          buckets were debited now and may be negative until the refill
---          catches up); budgets reserved the cost.
+--          then goes ahead without asking again. Its place is booked: the
+--          admission time is the first instant at which every dimension it
+--          costs can pay, after everyone booked before it on that dimension
+--          (first come, first served), and each of those buckets is charged
+--          as of that instant; budgets reserved the cost.
 --          {0, retry_after_us, now_us, alerts}: admission would come later
 --          than max_wait_us (-1 when never); nothing of this request was taken.
 --          {-1, now_us, alerts, j, spent, reserved, limit, period_end_us}:
@@ -39,16 +41,15 @@ end
 local out = { alerts = {}, overshoots = {} }
 if not reclaim_expired(scopes, now, out) then return { -2, now } end
 
--- Debt past this would leave the exact range of doubles; no real quota gets near.
-local FLOOR = -2251799813685248
-local wait = 0
+local admit = now
 for _, scope in ipairs(scopes) do
   local raw = read_buckets(scope)
   for i, d in ipairs(scope.rates) do
-    d.level, d.rem = refill(decode(raw[i]), d.cap, d.num, d.den, now)
-    local w = wait_for(d.level, d.rem, d.amount, d.num, d.den)
-    if w > wait then wait = w end
-    if d.level - d.amount < FLOOR then wait = math.huge end
+    d.level, d.rem, d.at = bucket_at(decode(raw[i]), d.cap, d.num, d.den, now)
+    if d.amount > 0 then
+      local ready = d.at + wait_for(d.level, d.rem, d.amount, d.num, d.den)
+      if ready > admit then admit = ready end
+    end
   end
   local b = scope.budget
   if b then
@@ -62,6 +63,9 @@ for _, scope in ipairs(scopes) do
   end
 end
 
+-- Bookings past this would leave the exact range of doubles; none gets near.
+local wait = admit - now
+if admit > 4503599627370496 then wait = math.huge end
 if wait == math.huge or (max_wait >= 0 and wait > max_wait) then
   if wait == math.huge then wait = -1 end
   return { 0, wait, now, out.alerts }
@@ -72,11 +76,15 @@ local parts = {}
 for _, scope in ipairs(scopes) do
   local full_in, fields = 0, {}
   for _, d in ipairs(scope.rates) do
-    local level = d.level - d.amount
-    fields[#fields + 1] = d.name
-    fields[#fields + 1] = encode(level, d.rem, d.den, now)
+    if d.amount > 0 then
+      -- Charged at its admission: refilled (up to capacity) until then.
+      local level, rem = refill({ d.level, d.rem, d.den, d.at }, d.cap, d.num, d.den, admit)
+      level = level - d.amount
+      fields[#fields + 1] = d.name
+      fields[#fields + 1] = encode(level, rem, d.den, admit)
+      full_in = math.max(full_in, wait + wait_for(level, rem, d.cap, d.num, d.den))
+    end
     parts[#parts + 1] = scope.j .. ':' .. d.name .. ':' .. string.format('%.0f', d.amount)
-    full_in = math.max(full_in, wait_for(level, d.rem, d.cap, d.num, d.den))
   end
   if #fields > 0 then
     redis.call('HSET', scope.state, unpack(fields))
@@ -90,7 +98,7 @@ for _, scope in ipairs(scopes) do
   end
 end
 
-redis.call('HSET', PERMITS, id, encode_record(now + wait, parts, model, tokens, tags))
+redis.call('HSET', PERMITS, id, encode_record(admit, parts, model, tokens, tags))
 redis.call('ZADD', LEASES, lease_end, id)
 -- Never shortened, so the keys outlive the latest lease of all.
 local keep_ms = (lease_end + GRACE_US - now) / 1000

@@ -1,15 +1,19 @@
--- bucket.lua: shared helpers, prepended to acquire.lua, settle.lua and state.lua
--- when they are loaded. It defines no KEYS/ARGV contract of its own: each of
--- those scripts documents its KEYS and ARGV, and calls these functions.
+-- bucket.lua: shared helpers, prepended to every script when it is loaded.
+-- It defines no KEYS/ARGV contract of its own: each script documents its KEYS
+-- and ARGV, and calls these functions.
 --
 -- A dimension's bucket is one field of the quota's state hash:
 --   field = dimension name
 --   value = "<level> <rem> <den> <ts>" (decimal integers)
---     level  micro-units now in the bucket at time ts; negative while callers
---            are booked ahead of the refill ("waiting is booked, not polled")
+--     level  micro-units in the bucket at time ts, after every admission
+--            booked up to ts (negative only for debt: a settle that used more
+--            than it reserved, or a provider's retry-after)
 --     rem    fraction of one micro-unit already refilled, in 1/den steps
 --     den    the rate's denominator when rem was written (a new rate resets rem)
---     ts     Redis TIME of the last write, microseconds since the epoch
+--     ts     microseconds since the epoch (Redis TIME): the last write, or,
+--            while callers are booked ahead ("waiting is booked, not polled"),
+--            the admission time of the last of them: the bucket is then known
+--            as of that future instant, and nobody can be admitted before it
 -- The refill rate is num/den micro-units per microsecond, an exact fraction
 -- with num*den < 2^50, so every product below stays an exact double
 -- (integers below 2^53). A missing field is a full bucket, which is also why
@@ -52,6 +56,19 @@ local function refill(cur, cap, num, den, now)
   rem = t - carry * den
   if level >= cap then return cap, 0 end
   return level, rem
+end
+
+-- The bucket as of `at` = max(now, ts): level, rem, at (a missing bucket is full now).
+local function bucket_at(cur, cap, num, den, now)
+  if not cur then return cap, 0, now end
+  if cur[4] > now then
+    if cur[1] >= cap then return cap, 0, cur[4] end
+    local rem = cur[2]
+    if cur[3] ~= den then rem = 0 end
+    return cur[1], rem, cur[4]
+  end
+  local level, rem = refill(cur, cap, num, den, now)
+  return level, rem, now
 end
 
 -- Microseconds until a bucket at (level, rem) holds `need` micro-units,

@@ -25,6 +25,8 @@
 --   ledger retention: maxlen (entries, 0 = none), max_age_ms (0 = none).
 
 local PERMITS, LEASES = KEYS[1], KEYS[2]
+-- Debt past this would leave the exact range of doubles; no real quota gets near.
+local FLOOR = -2251799813685248
 local GRACE_US = 3600 * 1000000 -- permits and budgets outlive their leases by this much
 
 local function read_scopes(at)
@@ -145,8 +147,10 @@ local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
     'tags', tags }) do
     args[#args + 1] = f
   end
-  redis.call(unpack(args))
+  -- The counter first: a script is not rolled back, so whatever could fail
+  -- goes before the entry that must match it.
   redis.call('HINCRBY', scope.spend, day .. '|' .. model, cost_s)
+  redis.call(unpack(args))
   extend_ttl(scope.spend, 400 * 86400 * 1000)
 end
 
@@ -180,12 +184,25 @@ local function finish_permit(scopes, id, rec, actual, kind, model, tokens, tags,
       local reserved = rec.amounts[scope.j .. ':' .. d.name] or 0
       local back = reserved - actual(d, reserved)
       if back ~= 0 then
-        local level, rem = refill(decode(redis.call('HGET', scope.state, d.name)), d.cap, d.num,
-          d.den, now)
-        level = level + back
-        if level >= d.cap then level, rem = d.cap, 0 end
-        redis.call('HSET', scope.state, d.name, encode(level, rem, d.den, now))
-        extend_ttl(scope.state, wait_for(level, rem, d.cap, d.num, d.den) / 1000 + 1)
+        local level, rem, at = bucket_at(decode(redis.call('HGET', scope.state, d.name)), d.cap,
+          d.num, d.den, now)
+        if back < 0 then
+          -- Used more than reserved: a debt after everyone booked, so later callers wait.
+          level = math.max(level + back, FLOOR)
+        elseif at <= now or rec.admit >= at then
+          -- Nobody is booked after this permit: what it did not use goes back.
+          level = level + back
+          if level >= d.cap then level, rem = d.cap, 0 end
+        else
+          -- Others are booked after it, their times computed without these
+          -- units: handing them to a newcomer could squeeze it in just before
+          -- them, more than the provider's bucket holds. They stay spent.
+          back = 0
+        end
+        if back ~= 0 then
+          redis.call('HSET', scope.state, d.name, encode(level, rem, d.den, at))
+          extend_ttl(scope.state, (at - now + wait_for(level, rem, d.cap, d.num, d.den)) / 1000 + 1)
+        end
       end
     end
     local b = scope.budget

@@ -3,9 +3,9 @@
 -- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
 -- ARGV[1..] the scope block (quota.lua); amounts are ignored
 -- Reply    {now_us, levels, budgets, alerts} or {-2, now_us} (periods sent
---          do not hold now_us). levels: micro-units in each rate bucket, in
---          the order sent, refilled and capped (negative while callers are
---          booked ahead); budgets: {spent, reserved, period_end_us} per scope
+--          do not hold now_us). levels: micro-units in each rate bucket now,
+--          in the order sent, refilled and capped (negative while callers are
+--          booked ahead: the refill still owed to them); budgets: {spent, reserved, period_end_us} per scope
 --          with a budget, in order; alerts as in acquire.lua.
 -- It writes only to reclaim permits whose lease ended, so that what it
 -- reports as reserved is what is really in flight.
@@ -18,7 +18,10 @@ local levels, budgets = {}, {}
 for _, scope in ipairs(scopes) do
   local raw = read_buckets(scope)
   for i, d in ipairs(scope.rates) do
-    levels[#levels + 1] = refill(decode(raw[i]), d.cap, d.num, d.den, now)
+    local level, _, at = bucket_at(decode(raw[i]), d.cap, d.num, d.den, now)
+    -- Booked ahead: what the bucket holds now is its level then, less the
+    -- refill still to come before then.
+    levels[#levels + 1] = level - math.ceil((at - now) / d.den * d.num)
   end
   if scope.budget then
     local st = load_budget(scope, now)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from fractions import Fraction
 from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -112,10 +112,13 @@ def _scaled(value: object, what: str, scale: int, *, strings: bool = False) -> i
     number = _exact(value, what, strings=strings)
     if number < 0:
         raise InvalidArgument(f"{what} must not be negative, got {value!r}")
-    try:
+    if number.adjusted() > 30:
+        raise InvalidArgument(f"{what} is too large: {value!r}")
+    # Exact: enough digits for any input's own and the scale's, so the
+    # product is never rounded before the ceiling rounds it up.
+    with localcontext() as ctx:
+        ctx.prec = max(60, len(number.as_tuple().digits) + 40)
         return math.ceil(number * scale)
-    except (InvalidOperation, OverflowError) as exc:  # pragma: no cover - absurd exponents
-        raise InvalidArgument(f"{what} is too large: {value!r}") from exc
 
 
 def to_micro(value: object, what: str) -> int:
@@ -746,6 +749,12 @@ class Plan:
                 amounts[name] = to_nano(costs[name], f"{'cost' if acquire else 'actual'} {name!r}")
             else:
                 amounts[name] = to_micro(costs[name], f"{'cost' if acquire else 'actual'} {name!r}")
+        for name, amount in amounts.items():
+            bound = _MAX_BUDGET_NANO if name in self.budget_names else _MAX_CAPACITY_MICRO
+            if amount > bound:
+                raise CostExceedsCapacity(
+                    f"{name}={costs[name]!r} is too large to be stored exactly"
+                )
         if acquire:
             for scope in self.scopes:
                 for d in scope.rates:
