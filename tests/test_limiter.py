@@ -19,6 +19,7 @@ from ratelimit import (
     Rate,
     UnknownDimension,
 )
+from ratelimit._core import ScriptCall
 
 
 def micro(limiter: Limiter, dimension: str) -> int:
@@ -182,6 +183,7 @@ def test_noscript_recovers_after_script_flush(r: redis.Redis) -> None:
 def test_retried_acquire_with_the_same_id_books_once(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", requests=Rate(10, per=3600))
     call = next(limiter._plan.acquire({}, None, model=None, tags=None, clock_us=0))
+    assert isinstance(call, ScriptCall)
     script = limiter._scripts[call.script]
     first = script(keys=call.keys, args=call.args)
     again = script(keys=call.keys, args=call.args)
@@ -257,7 +259,7 @@ def test_unknown_dimension_and_bad_timeout(r: redis.Redis) -> None:
         lambda r: Limiter(r, "", requests=Rate(1)),
         lambda r: Limiter(r, 5, requests=Rate(1)),  # type: ignore[arg-type]
         lambda r: Limiter(r, "q"),
-        lambda r: Limiter(r, "q", requests=5),  # type: ignore[arg-type]
+        lambda r: Limiter(r, "q", requests=5),
         lambda r: Limiter(r, "q", timeout=Rate(1)),
         lambda r: Limiter(r, "q", requests=Rate(1), on_redis_error="ignore"),  # type: ignore[arg-type]
         lambda r: Limiter(r, "q", requests=Rate(1), lease_s=0),
