@@ -28,28 +28,21 @@ Sections:
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
 import math
 import multiprocessing
 import os
-import platform
 import queue
-import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from multiprocessing.context import ForkContext, SpawnContext
-from pathlib import Path
 from typing import Any, Literal
 
 import redis
+from common import bench_parser, finish, parse_bench_args, print_conditions, session
 
 from ratelimit import AcquireTimeout, Limiter, Permit, Rate
-from ratelimit.limiter import connect
-from ratelimit.server import EmbeddedServer, Engine
 
 MICRO = 1_000_000
 
@@ -159,15 +152,6 @@ def reset_stats(client: redis.Redis) -> bool:
 def server_time_us(client: redis.Redis) -> int:
     seconds, micros = client.time()
     return int(seconds) * MICRO + int(micros)
-
-
-def server_version(client: redis.Redis) -> str:
-    info: dict[str, Any] = client.info("server")
-    if "valkey_version" in info:
-        return f"valkey {info['valkey_version']}"
-    if info.get("server_name") == "valkey":  # pragma: no cover - older Valkey
-        return f"valkey {info['redis_version']}"
-    return f"redis {info['redis_version']}"
 
 
 def preload_scripts(client: redis.Redis, name: str) -> None:
@@ -501,13 +485,6 @@ def measure_contention(
 # -- report -------------------------------------------------------------------------
 
 
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("llm-quota-guard")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
@@ -519,13 +496,6 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _f(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
-
-
-def print_conditions(conditions: Mapping[str, Any]) -> None:
-    print("llm-quota-guard core benchmark")
-    for key, value in conditions.items():
-        print(f"  {key:<12} {value}")
-    print()
 
 
 def print_latency(rows: list[dict[str, Any]]) -> None:
@@ -650,89 +620,47 @@ def print_contention(booked: dict[str, Any], polling: dict[str, Any], plan: Plan
 # -- main ---------------------------------------------------------------------------
 
 
-@contextmanager
-def server_for(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
-    """The URL to benchmark and how it was obtained."""
-    if args.redis_url:
-        yield args.redis_url, "given URL"
-        return
-    engine: Engine | None = args.engine
-    with EmbeddedServer(engine) as server:
-        yield server.url, f"private {server.engine} ({server.binary}) on port {server.port}"
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--redis-url", help="benchmark this server instead of a private one")
-    parser.add_argument("--engine", choices=["redis", "valkey"], help="private server's engine")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (a few seconds, CI)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--processes", type=int, default=4, help="throughput processes (4)")
     parser.add_argument("--contenders", type=int, default=16, help="contention processes (16)")
-    parser.add_argument("--json", type=Path, help="also save the results to this file")
-    args = parser.parse_args(argv)
+    args = parse_bench_args(parser, argv)
     if args.processes < 1 or args.contenders < 1:
         parser.error("--processes and --contenders must be at least 1")
-    if args.redis_url and args.engine:
-        parser.error("--engine picks a private server; it cannot go with --redis-url")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = Plan.build(args.quick, args.processes, args.contenders)
-    run_id = f"bench-{secrets.token_hex(4)}"
     began = time.monotonic()
-    with server_for(args) as (url, origin):
-        client = connect(url)
-        try:
-            conditions = {
-                "server": f"{server_version(client)}, {origin}",
-                "client": f"redis-py {redis.__version__}, "
-                f"{platform.python_implementation()} {platform.python_version()}",
-                "package": f"llm-quota-guard {package_version()}",
-                "machine": f"{platform.platform()}, os.cpu_count()={os.cpu_count()}",
-                "mode": (
-                    f"{'quick' if plan.quick else 'full'}: latency {plan.latency_calls} calls/op;"
-                    f" throughput {plan.throughput_s:g} s at 1 and {plan.processes} processes;"
-                    f" contention {plan.contention_s:g} s x {plan.contenders} processes"
-                ),
-                "start method": mp_context().get_start_method(),
-            }
-            print_conditions(conditions)
-            preload_scripts(client, f"{run_id}-preload")
-            latency = measure_latency(client, run_id, plan)
-            print_latency(latency)
-            throughput = measure_throughput(url, run_id, plan)
-            print_throughput(throughput)
-            booked = measure_contention(client, url, run_id, plan, "booked")
-            polling = measure_contention(client, url, run_id, plan, "polling")
-            print_contention(booked, polling, plan)
-            total = time.monotonic() - began
-            print(f"total {total:.1f} s")
-            if args.json:
-                args.json.write_text(
-                    json.dumps(
-                        {
-                            "conditions": conditions,
-                            "plan": {**asdict(plan), "contention_rate": str(plan.contention_rate)},
-                            "latency": latency,
-                            "throughput": throughput,
-                            "contention": {"booked": booked, "polling": polling},
-                            "total_s": total,
-                        },
-                        indent=2,
-                    )
-                    + "\n",
-                    encoding="utf-8",
-                )
-        finally:
-            try:  # the benchmark's own quotas only
-                keys = list(client.scan_iter(match=f"rl:v1:{{{run_id}-*", count=1000))
-                if keys:
-                    client.delete(*keys)
-            except redis.exceptions.RedisError:
-                pass
-            client.close()
+    with session(args) as run:
+        client, run_id = run.client, run.run_id
+        conditions = {
+            **run.conditions(
+                f"{'quick' if plan.quick else 'full'}: latency {plan.latency_calls} calls/op;"
+                f" throughput {plan.throughput_s:g} s at 1 and {plan.processes} processes;"
+                f" contention {plan.contention_s:g} s x {plan.contenders} processes"
+            ),
+            "start method": mp_context().get_start_method(),
+        }
+        print_conditions("llm-quota-guard core benchmark", conditions)
+        preload_scripts(client, f"{run_id}-preload")
+        latency = measure_latency(client, run_id, plan)
+        print_latency(latency)
+        throughput = measure_throughput(run.url, run_id, plan)
+        print_throughput(throughput)
+        booked = measure_contention(client, run.url, run_id, plan, "booked")
+        polling = measure_contention(client, run.url, run_id, plan, "polling")
+        print_contention(booked, polling, plan)
+        report = {
+            "conditions": conditions,
+            "plan": {**asdict(plan), "contention_rate": str(plan.contention_rate)},
+            "latency": latency,
+            "throughput": throughput,
+            "contention": {"booked": booked, "polling": polling},
+        }
+        finish(began, report, args.json)
     return 0
 
 

@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -296,20 +296,19 @@ class Stats:
 
 @dataclass
 class _Counters:
-    """The mutable twin of :class:`Stats`, plus the log; guarded by the server's lock."""
+    """The counters (a :class:`Stats`, replaced at each count) and the log.
 
-    requests: int = 0
-    accepted: int = 0
-    rate_limited: int = 0
-    spend_limited: int = 0
-    invalid: int = 0
-    count_tokens: int = 0
-    input_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    itpm_tokens: int = 0
-    output_tokens: int = 0
+    Guarded by the server's lock.
+    """
+
+    stats: Stats = field(default_factory=Stats)
     log: list[Accepted] = field(default_factory=list)
+
+    def count(self, **added: int) -> None:
+        """Add to the named counters."""
+        self.stats = replace(
+            self.stats, **{name: getattr(self.stats, name) + n for name, n in added.items()}
+        )
 
 
 @dataclass(frozen=True)
@@ -480,7 +479,7 @@ class FakeAnthropic:
     def stats(self) -> Stats:
         """A snapshot of the counters."""
         with self._lock:
-            return Stats(**{f.name: getattr(self._counters, f.name) for f in fields(Stats)})
+            return self._counters.stats
 
     def accepted(self) -> list[Accepted]:
         """Every admitted request so far, in admission order."""
@@ -592,12 +591,12 @@ class FakeAnthropic:
             now = self.clock()
             for bucket in self._buckets.values():
                 bucket.refill(now)
-            self._counters.requests += 1
+            self._counters.count(requests=1)
             request_id = self._request_id()
             try:
                 model, max_tokens = _validate(request)
             except _BadRequest as exc:
-                self._counters.invalid += 1
+                self._counters.count(invalid=1)
                 return self._error(
                     400,
                     "invalid_request_error",
@@ -607,7 +606,7 @@ class FakeAnthropic:
                 )
 
             if self.spend_limit_reached:
-                self._counters.spend_limited += 1
+                self._counters.count(spend_limited=1)
                 return self._spend_limit_reply(request_id)
 
             parts = prompt_parts(request)
@@ -636,7 +635,7 @@ class FakeAnthropic:
                 if not bucket.holds(needs[name]) or needs[name] > bucket.capacity
             }
             if waits:
-                self._counters.rate_limited += 1
+                self._counters.count(rate_limited=1)
                 return self._rate_limit_reply(request_id, waits)
 
             # Admitted: pay requests and input now, and output in advance if reserving.
@@ -653,14 +652,17 @@ class FakeAnthropic:
                 for key, _ in breakpoints:
                     self._cache[key] = now + lifetime
 
-            c = self._counters
-            c.accepted += 1
-            c.input_tokens += uncached
-            c.cache_creation_input_tokens += created
-            c.cache_read_input_tokens += read
-            c.itpm_tokens += itpm_cost
+            self._counters.count(
+                accepted=1,
+                input_tokens=uncached,
+                cache_creation_input_tokens=created,
+                cache_read_input_tokens=read,
+                itpm_tokens=itpm_cost,
+            )
             stream = request.get("stream") is True
-            c.log.append(Accepted(now, uncached, output, created, read, itpm_cost, stream))
+            self._counters.log.append(
+                Accepted(now, uncached, output, created, read, itpm_cost, stream)
+            )
             usage = {
                 "input_tokens": uncached,
                 "cache_creation_input_tokens": created,
@@ -694,7 +696,7 @@ class FakeAnthropic:
                 otpm.level = min(
                     otpm.capacity, otpm.level + ticket.reserved_output - ticket.output_tokens
                 )
-            self._counters.output_tokens += ticket.output_tokens
+            self._counters.count(output_tokens=ticket.output_tokens)
             return self._ratelimit_headers()
 
     def _rate_limit_reply(self, request_id: str, waits: Mapping[Bucket, float]) -> _Reply:
@@ -749,7 +751,7 @@ class FakeAnthropic:
 
     def _count_tokens(self, request: Mapping[str, Any]) -> _Reply:
         with self._lock:
-            self._counters.count_tokens += 1
+            self._counters.count(count_tokens=1)
             request_id = self._request_id()
         if not isinstance(request.get("model"), str) or not isinstance(
             request.get("messages"), list

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 import redis
 
-from ratelimit import Budget, BudgetState, Limiter, Rate
+from ratelimit import AcquireTimeout, Budget, BudgetState, Limiter, Rate
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The venv's scripts (``celery``, ``rq``) sit next to its python.
@@ -49,6 +50,19 @@ def empty_db(url: str, db: int) -> str:
     return url
 
 
+def module_db_fixture(name: str, db: int) -> Callable[[str], str]:
+    """A module-scoped fixture ``name``: the URL of database ``db`` of the suite's server.
+
+    Emptied once, when the module starts: the workers' broker, queues and quotas
+    live there, apart from the database the other tests empty between them.
+    """
+
+    def url(server_url: str) -> str:
+        return empty_db(server_url, db)
+
+    return pytest.fixture(scope="module", name=name)(url)
+
+
 def budget_state(limiter: Limiter) -> tuple[Decimal, Decimal]:
     """What the limiter's ``usd`` budget has spent and holds reserved."""
     state = limiter.state().budget("usd")
@@ -62,6 +76,23 @@ def usd_budget(url: str, name: str, usd: Decimal) -> BudgetState:
         return limiter.state().budget("usd")
     finally:
         limiter.client.close()
+
+
+def check_refusal_outside_a_worker(
+    call: Callable[[], object],
+    current_permit: Callable[[], object],
+    no_current_permit: type[Exception],
+) -> None:
+    """``call`` (limited to 1 a minute, run directly rather than by a worker) runs,
+    then is refused: it raises :class:`AcquireTimeout` with the minute's wait, and
+    no permit is left current.
+    """
+    assert call() == "ran"
+    with pytest.raises(AcquireTimeout) as refused:
+        call()
+    assert 59 < refused.value.retry_after <= 60
+    with pytest.raises(no_current_permit):
+        current_permit()
 
 
 @dataclass

@@ -7,14 +7,10 @@ admitted beyond what the bucket allows.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_core.py"
+from bench_helpers import run_quick_benchmark
 
 SECTIONS = (
     "llm-quota-guard core benchmark",
@@ -28,19 +24,7 @@ SECTIONS = (
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_and_reports_every_section(server_url: str, tmp_path: Path) -> None:
-    saved = tmp_path / "bench.json"
-    run = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--redis-url", server_url, "--json", str(saved)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
-    for heading in SECTIONS:
-        assert heading in run.stdout, f"{heading!r} missing from:\n{run.stdout}"
-
-    report = json.loads(saved.read_text(encoding="utf-8"))
+    report = run_quick_benchmark("bench_core.py", server_url, tmp_path, SECTIONS)
     assert {"conditions", "latency", "throughput", "contention"} <= report.keys()
     assert [row["processes"] for row in report["throughput"]] == [1, 4]
     assert {(row["quota"], row["op"]) for row in report["latency"]} >= {

@@ -23,6 +23,7 @@ import redis, pytest and ratelimit again (16 spawned workers took 12 s on this
 from __future__ import annotations
 
 import contextlib
+import functools
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.synchronize
@@ -37,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -45,7 +46,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ratelimit import Alert, Budget, BudgetExceeded, Limiter, LimiterError
+from ratelimit import Alert, Budget, BudgetExceeded, Limiter, LimiterError, Permit
 from ratelimit._core import ALERT_CHANNEL, MICRO, NANO, calendar_around
 from ratelimit.ledger import parse_published_alert, total
 from ratelimit.server import EmbeddedServer, Engine, ServerNotFound, find_binary
@@ -65,6 +66,9 @@ class Crash:
 
 #: Results come back as (worker, result), or (worker, Crash(...)).
 Outcome = tuple[int, Any]
+#: A worker body's start line: ``go()`` once connected, then all start together.
+Go = Callable[[], None]
+P = ParamSpec("P")
 
 
 def forkserver() -> multiprocessing.context.ForkServerContext:
@@ -91,9 +95,10 @@ def run_workers(
 ) -> list[Any]:
     """Run ``target(results, start, *a)`` for each ``a`` in its own process, all together.
 
-    Each worker connects, then calls :func:`start_line`: the parent waits
-    there until every worker is connected, runs ``gate`` (to pause the server,
-    say), then lets them all go at once. Returns their results in worker order.
+    ``target`` is a :func:`process_worker`, whose body connects, then calls
+    ``go()``: the parent waits there until every worker is connected, runs
+    ``gate`` (to pause the server, say), then lets them all go at once.
+    Returns their results in worker order.
     """
     ctx = forkserver()
     results: multiprocessing.Queue[Outcome] = ctx.Queue()
@@ -125,20 +130,39 @@ def run_workers(
     return [outcomes[i] for i in sorted(outcomes)]
 
 
-def start_line(start: multiprocessing.synchronize.Barrier) -> None:
-    """A worker's side of the start: report connected, then wait for the go."""
-    start.wait(timeout=60)
-    start.wait(timeout=60)
+def process_worker(
+    body: Callable[Concatenate[Go, int, P], object],
+) -> Callable[
+    Concatenate[multiprocessing.Queue[Outcome], multiprocessing.synchronize.Barrier, int, P], None
+]:
+    """A target for :func:`run_workers` that runs ``body(go, worker, *args)``.
 
+    ``go`` is the worker's side of the start: report connected, then wait for
+    the go. What the body returns goes back as ``(worker, result)``; if it
+    raises, a :class:`Crash` goes back instead, and the start line is broken
+    so nobody waits for it.
+    """
 
-def crashed(
-    results: multiprocessing.Queue[Outcome],
-    start: multiprocessing.synchronize.Barrier,
-    worker: int,
-) -> None:
-    """Report a worker's failure, and break the start line so nobody waits for it."""
-    start.abort()
-    results.put((worker, Crash(traceback.format_exc())))
+    @functools.wraps(body)
+    def target(
+        results: multiprocessing.Queue[Outcome],
+        start: multiprocessing.synchronize.Barrier,
+        worker: int,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> None:
+        def go() -> None:
+            start.wait(timeout=60)
+            start.wait(timeout=60)
+
+        try:
+            results.put((worker, body(go, worker, *args, **kwargs)))
+        except BaseException:
+            start.abort()
+            results.put((worker, Crash(traceback.format_exc())))
+
+    return target
 
 
 def server_now_us(r: redis.Redis) -> int:
@@ -172,45 +196,39 @@ RESERVE_NANO = (1_000_000, 4_000_000)
 SPEND_DEADLINE_S = 20.0
 
 
+@process_worker
 def _spend_until_exhausted(
-    results: multiprocessing.Queue[Outcome],
-    start: multiprocessing.synchronize.Barrier,
-    worker: int,
-    url: str,
-    name: str,
-) -> None:
+    go: Go, worker: int, url: str, name: str
+) -> tuple[Decimal, int, int, bool]:
     """Reserve, settle at most the reservation, repeat until nothing fits any more."""
-    try:
-        limiter = Limiter(url, name, usd=Budget(LIMIT, tz=PARIS))
-        limiter.client.ping()  # connect before the start line, not after it
-        rng = random.Random(worker)
-        settled, count, refusals, exhausted = Decimal(0), 0, 0, False
-        start_line(start)
-        deadline = time.monotonic() + SPEND_DEADLINE_S
+    limiter = Limiter(url, name, usd=Budget(LIMIT, tz=PARIS))
+    limiter.client.ping()  # connect before the start line, not after it
+    rng = random.Random(worker)
+    settled, count, refusals, exhausted = Decimal(0), 0, 0, False
+    go()
+    deadline = time.monotonic() + SPEND_DEADLINE_S
+    want = Decimal(rng.randint(*RESERVE_NANO)) / NANO
+    while time.monotonic() < deadline:
+        try:
+            permit = limiter.acquire(usd=want, model=rng.choice(MODELS), tags={"w": worker})
+        except BudgetExceeded as refused:
+            refusals += 1
+            room = refused.limit - refused.spent - refused.reserved
+            if room > 0:
+                want = room  # take what is left
+            elif refused.reserved == 0:
+                exhausted = True  # spent to the limit, nothing in flight to come back
+                break
+            else:
+                time.sleep(0.001)  # others hold the rest: wait for their settles
+            continue
+        reserved = permit.reserved_micro["usd"]
+        actual = reserved if rng.random() < 0.3 else rng.randint(0, reserved)
+        assert permit.settle(usd=Decimal(actual) / NANO).applied
+        settled += Decimal(actual) / NANO
+        count += 1
         want = Decimal(rng.randint(*RESERVE_NANO)) / NANO
-        while time.monotonic() < deadline:
-            try:
-                permit = limiter.acquire(usd=want, model=rng.choice(MODELS), tags={"w": worker})
-            except BudgetExceeded as refused:
-                refusals += 1
-                room = refused.limit - refused.spent - refused.reserved
-                if room > 0:
-                    want = room  # take what is left
-                elif refused.reserved == 0:
-                    exhausted = True  # spent to the limit, nothing in flight to come back
-                    break
-                else:
-                    time.sleep(0.001)  # others hold the rest: wait for their settles
-                continue
-            reserved = permit.reserved_micro["usd"]
-            actual = reserved if rng.random() < 0.3 else rng.randint(0, reserved)
-            assert permit.settle(usd=Decimal(actual) / NANO).applied
-            settled += Decimal(actual) / NANO
-            count += 1
-            want = Decimal(rng.randint(*RESERVE_NANO)) / NANO
-        results.put((worker, (settled, count, refusals, exhausted)))
-    except BaseException:
-        crashed(results, start, worker)
+    return settled, count, refusals, exhausted
 
 
 def test_processes_never_overspend_and_the_ledger_adds_up(r: redis.Redis, redis_url: str) -> None:
@@ -371,27 +389,17 @@ def impatient_client(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0, retry=Retry(NoBackoff(), 0))
 
 
-def _settle_once(
-    results: multiprocessing.Queue[Outcome],
-    start: multiprocessing.synchronize.Barrier,
-    worker: int,
-    port: int,
-    settle: tuple[str, str, str],
-) -> None:
-    """Settle (scope, permit id, usd) through ``port``; report the status or the error's class."""
+@process_worker
+def _settle_once(go: Go, worker: int, port: int, settle: tuple[str, str, str]) -> str:
+    """Settle (scope, permit id, usd) through ``port``; the status or the error's class."""
     name, permit_id, usd = settle
+    limiter = Limiter(impatient_client(port), name, usd=Budget("5", tz=PARIS))
+    limiter.client.ping()  # connected (handshake done) before the start line
+    go()
     try:
-        limiter = Limiter(impatient_client(port), name, usd=Budget("5", tz=PARIS))
-        limiter.client.ping()  # connected (handshake done) before the start line
-        start_line(start)
-        outcome: str
-        try:
-            outcome = limiter.settle(permit_id, usd=usd).status
-        except LimiterError as exc:
-            outcome = type(exc).__name__
-        results.put((worker, outcome))
-    except BaseException:
-        crashed(results, start, worker)
+        return limiter.settle(permit_id, usd=usd).status
+    except LimiterError as exc:
+        return type(exc).__name__
 
 
 def _server_engines() -> list[Engine]:
@@ -412,54 +420,68 @@ def private_server(request: pytest.FixtureRequest) -> Iterator[EmbeddedServer]:
         yield server
 
 
-def test_a_settle_whose_reply_was_lost_counts_once_when_retried(
-    private_server: EmbeddedServer,
-) -> None:
+#: What the workers settle the held permit for.
+SETTLED = Decimal("0.3")
+
+
+@pytest.fixture
+def held(private_server: EmbeddedServer) -> Iterator[tuple[Limiter, Permit]]:
+    """A $5 budget on the private server, with a permit holding $0.50 of it."""
     r = redis.Redis(port=private_server.port)
-    name = "lost-reply"
-    limiter = Limiter(r, name, usd=Budget("5", tz=PARIS))
+    limiter = Limiter(r, "held", usd=Budget("5", tz=PARIS))
     permit = limiter.acquire(usd="0.5", model=MODELS[0])
     # A fresh server has not seen the settle script yet; without this the lost
     # reply would be a NOSCRIPT error, not an applied settle.
     assert limiter.cancel("no-such-permit").status == "unknown"
+    yield limiter, permit
+    r.close()
+
+
+def settle_from_a_worker(
+    worker: int, port: int, permit: Permit, gate: Callable[[], None] | None = None
+) -> str:
+    """Worker ``worker`` settles ``permit`` for SETTLED through ``port``: the status or error."""
+    settle = (permit.limiter.name, permit.id, str(SETTLED))
+    (outcome,) = run_workers(_settle_once, [(worker, port, settle)], gate=gate)
+    return str(outcome)
+
+
+def assert_settled_once(limiter: Limiter, permit: Permit) -> None:
+    """The permit's settle counted once: SETTLED spent, nothing reserved, one ledger entry."""
+    state = limiter.state().budget("usd")
+    assert (state.spent, state.reserved) == (SETTLED, Decimal(0))
+    assert [(e.permit_id, e.cost_usd) for e in limiter.ledger_entries()] == [(permit.id, SETTLED)]
+    assert check_ledger(limiter) == (1, SETTLED)
+
+
+def test_a_settle_whose_reply_was_lost_counts_once_when_retried(
+    private_server: EmbeddedServer, held: tuple[Limiter, Permit]
+) -> None:
+    limiter, permit = held
     proxy = ReplyDroppingProxy(private_server.port)
     try:
         proxy.drop.set()
         # Worker 1 settles: the server applies it, the reply is lost, it times out.
-        (first,) = run_workers(_settle_once, [(1, proxy.port, (name, permit.id, "0.3"))])
-        assert first == "RedisUnavailable"
+        assert settle_from_a_worker(1, proxy.port, permit) == "RedisUnavailable"
         assert proxy.dropped_bytes > 0
         applied = limiter.state().budget("usd")
-        assert (applied.spent, applied.reserved) == (Decimal("0.3"), Decimal(0))
+        assert (applied.spent, applied.reserved) == (SETTLED, Decimal(0))
         # Worker 2 retries the same settle, as a retrying job queue would.
-        (retry,) = run_workers(_settle_once, [(2, private_server.port, (name, permit.id, "0.3"))])
-        assert retry == "unknown"
+        assert settle_from_a_worker(2, private_server.port, permit) == "unknown"
     finally:
         proxy.close()
-        r.close()
-    state = limiter.state().budget("usd")
-    assert (state.spent, state.reserved) == (Decimal("0.3"), Decimal(0))
-    assert [(e.permit_id, e.cost_usd) for e in limiter.ledger_entries()] == [
-        (permit.id, Decimal("0.3"))
-    ]
-    assert check_ledger(limiter) == (1, Decimal("0.3"))
+    assert_settled_once(limiter, permit)
 
 
 def test_a_settle_that_timed_out_on_a_paused_server_counts_once_when_retried(
-    private_server: EmbeddedServer,
+    private_server: EmbeddedServer, held: tuple[Limiter, Permit]
 ) -> None:
-    r = redis.Redis(port=private_server.port)
-    name = "paused"
-    limiter = Limiter(r, name, usd=Budget("5", tz=PARIS))
-    permit = limiter.acquire(usd="0.5")
-    assert limiter.cancel("no-such-permit").status == "unknown"  # loads the settle script
-    pid = int(r.info("server")["process_id"])  # our private server's process
+    limiter, permit = held
+    pid = int(limiter.client.info("server")["process_id"])  # our private server's process
     try:
         # The worker connects, the server is paused, then the worker settles.
-        (first,) = run_workers(
-            _settle_once,
-            [(1, private_server.port, (name, permit.id, "0.3"))],
-            gate=lambda: os.kill(pid, signal.SIGSTOP),
+        first = settle_from_a_worker(
+            1, private_server.port, permit, gate=lambda: os.kill(pid, signal.SIGSTOP)
         )
     finally:
         os.kill(pid, signal.SIGCONT)
@@ -467,13 +489,10 @@ def test_a_settle_that_timed_out_on_a_paused_server_counts_once_when_retried(
     # The timed-out call was already in the server's socket buffer, so it
     # normally runs when the server wakes up, with nobody left to read the
     # reply; a retry from elsewhere must leave the same money whether it ran.
-    (retry,) = run_workers(_settle_once, [(2, private_server.port, (name, permit.id, "0.3"))])
+    retry = settle_from_a_worker(2, private_server.port, permit)
     assert retry in ("settled", "unknown")
     print(f"\nthe settle sent to the paused server was {'not ' * (retry == 'settled')}applied")
-    state = limiter.state().budget("usd")
-    assert (state.spent, state.reserved) == (Decimal("0.3"), Decimal(0))
-    assert check_ledger(limiter) == (1, Decimal("0.3"))
-    r.close()
+    assert_settled_once(limiter, permit)
 
 
 # -- (d) sixteen processes cross the same thresholds ------------------------------------
@@ -482,33 +501,27 @@ THRESHOLDS = (0.25, 0.5, 0.75, 1.0)
 ALERT_LIMIT = Decimal("1.6")
 #: 16 workers x 20 settles x $0.005 = $1.6 exactly: the last settle reaches 100%.
 STEPS, STEP_USD = 20, Decimal("0.005")
+#: An alert as a worker saw it: (threshold, period, spent).
+Seen = tuple[float, str, Decimal]
 
 
-def _cross_thresholds(
-    results: multiprocessing.Queue[Outcome],
-    start: multiprocessing.synchronize.Barrier,
-    worker: int,
-    url: str,
-    name: str,
-) -> None:
-    """Spend in small steps alongside the others; report what the callback was told."""
-    try:
-        told: list[tuple[float, str, Decimal]] = []
-        returned: list[tuple[float, str, Decimal]] = []
+@process_worker
+def _cross_thresholds(go: Go, worker: int, url: str, name: str) -> tuple[list[Seen], list[Seen]]:
+    """Spend in small steps alongside the others; what the callback was told, what settles said."""
+    told: list[Seen] = []
+    returned: list[Seen] = []
 
-        def on_alert(alert: Alert) -> None:
-            told.append((alert.threshold, alert.period, alert.spent))
+    def on_alert(alert: Alert) -> None:
+        told.append((alert.threshold, alert.period, alert.spent))
 
-        budget = Budget(ALERT_LIMIT, tz=PARIS, alerts=THRESHOLDS)
-        limiter = Limiter(url, name, usd=budget, on_alert=on_alert)
-        limiter.client.ping()
-        start_line(start)
-        for _ in range(STEPS):
-            settlement = limiter.acquire(usd=STEP_USD).settle()
-            returned += [(a.threshold, a.period, a.spent) for a in settlement.alerts]
-        results.put((worker, (told, returned)))
-    except BaseException:
-        crashed(results, start, worker)
+    budget = Budget(ALERT_LIMIT, tz=PARIS, alerts=THRESHOLDS)
+    limiter = Limiter(url, name, usd=budget, on_alert=on_alert)
+    limiter.client.ping()
+    go()
+    for _ in range(STEPS):
+        settlement = limiter.acquire(usd=STEP_USD).settle()
+        returned += [(a.threshold, a.period, a.spent) for a in settlement.alerts]
+    return told, returned
 
 
 def test_sixteen_processes_fire_each_threshold_once(r: redis.Redis, redis_url: str) -> None:

@@ -27,12 +27,13 @@ from task_queue_helpers import (
     admissions,
     budget_state,
     check_admissions,
-    empty_db,
+    check_refusal_outside_a_worker,
+    module_db_fixture,
     usd_budget,
     workers,
 )
 
-from ratelimit import AcquireTimeout, Budget, Limiter, Rate
+from ratelimit import Budget, Limiter, Rate
 from ratelimit._tasks import LazyQuota
 from ratelimit.celery import NoCurrentPermit, current_permit, rate_limited
 
@@ -47,9 +48,7 @@ COMPLETE_TIMEOUT_S = 25.0
 # -- real workers ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def celery_url(server_url: str) -> str:
-    return empty_db(server_url, CELERY_DB)
+celery_url = module_db_fixture("celery_url", CELERY_DB)
 
 
 @pytest.fixture(scope="module")
@@ -207,12 +206,7 @@ def test_outside_a_worker_a_refusal_raises(local_app: Celery, redis_url: str) ->
     def task() -> str:
         return "ran"
 
-    assert task() == "ran"  # called directly, not through a worker
-    with pytest.raises(AcquireTimeout) as refused:
-        task()
-    assert 59 < refused.value.retry_after <= 60
-    with pytest.raises(NoCurrentPermit):
-        current_permit()
+    check_refusal_outside_a_worker(task, current_permit, NoCurrentPermit)
 
 
 def test_an_eager_run_waits_in_place(local_app: Celery, redis_url: str) -> None:

@@ -36,12 +36,13 @@ from task_queue_helpers import (
     admissions,
     budget_state,
     check_admissions,
-    empty_db,
+    check_refusal_outside_a_worker,
+    module_db_fixture,
     usd_budget,
     workers,
 )
 
-from ratelimit import AcquireTimeout, Budget, BudgetExceeded, Limiter, Rate
+from ratelimit import Budget, BudgetExceeded, Limiter, Rate
 from ratelimit.rq import DEFAULT_MAX_RETRIES, NoCurrentPermit, current_permit, rate_limited
 
 #: The database the workers' queues and quotas use: not the one the other
@@ -58,9 +59,7 @@ FINISH_TIMEOUT_S = 30.0
 # -- real workers ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rq_url(server_url: str) -> str:
-    return empty_db(server_url, RQ_DB)
+rq_url = module_db_fixture("rq_url", RQ_DB)
 
 
 @pytest.fixture(scope="module")
@@ -201,12 +200,7 @@ def test_outside_a_worker_a_refusal_raises(redis_url: str) -> None:
         assert current_permit().reserved == {"requests": Decimal(1)}
         return "ran"
 
-    assert job() == "ran"
-    with pytest.raises(AcquireTimeout) as refused:
-        job()
-    assert 59 < refused.value.retry_after <= 60
-    with pytest.raises(NoCurrentPermit):
-        current_permit()
+    check_refusal_outside_a_worker(job, current_permit, NoCurrentPermit)
 
 
 @pytest.mark.parametrize(("on_error", "spent"), [("cancel", 0), ("keep", 1)])
