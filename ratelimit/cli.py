@@ -4,11 +4,16 @@
 booking simulated LLM calls through :class:`~ratelimit.Limiter`, and at the
 end the demo checks, with the server's clock, that the quota never admitted
 more than its buckets allow (``burst + rate x elapsed`` in every dimension).
+
+``ratelimit ledger``, ``spend`` and ``alerts`` read a deployment's Redis and
+change nothing: a scope's ledger entries (as a table, CSV or JSON Lines), its
+spend per day and model, and its budget alerts, past or as they fire.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import multiprocessing
 import os
@@ -20,9 +25,11 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from importlib import metadata
 from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
@@ -33,7 +40,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from ratelimit import AcquireTimeout, Limiter, LimiterError, Rate
+from ratelimit import AcquireTimeout, Alert, BackendError, Limiter, LimiterError, Rate, ledger
+from ratelimit._core import ALERT_CHANNEL, ScopeSpec
+from ratelimit.ledger import LedgerEntry
 from ratelimit.limiter import connect
 from ratelimit.server import EmbeddedServer, ServerNotFound
 
@@ -908,6 +917,387 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return EXIT_ERROR
 
 
+# -- reading a deployment: ledger, spend, alerts -----------------------------------
+
+#: Ledger entries are read from the stream in pages of this many (XRANGE COUNT),
+#: so a million-entry ledger exports without being held in memory.
+LEDGER_PAGE = 1000
+#: ``alerts --follow`` checks for Ctrl-C at least this often while no alert comes.
+FOLLOW_POLL_S = 1.0
+#: How long ``alerts --follow`` waits for the server to confirm the subscription.
+SUBSCRIBE_TIMEOUT_S = 10.0
+#: Exit code when stdout's reader went away (``ratelimit ledger ... | head``).
+EXIT_BROKEN_PIPE = 141
+
+LedgerFormat = Literal["table", "csv", "jsonl"]
+
+
+def scope_keys(name: str, slot: str | None = None) -> ScopeSpec:
+    """The key layout of the scope ``name`` with hash tag ``slot`` (default: its name).
+
+    Keys depend on the name and the slot only (``rl:v1:{<slot>}:<name>:ledger``...),
+    so a placeholder dimension stands in for the quota's real ones, which a
+    reader of the ledger does not know.
+    """
+    return ScopeSpec.build(name, {"requests": Rate(1)}, slot=slot)
+
+
+def format_usd(amount: Decimal) -> str:
+    """Exact US dollars in plain notation, at least two decimals: 0.00, 1.50, 0.000001234."""
+    whole, _, fraction = format(amount, "f").partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
+
+
+def _align_points(lines: Sequence[list[str]], columns: Iterable[int]) -> None:
+    """Pad the money cells of ``columns`` on the right so, right-aligned, their points line up."""
+    for column in columns:
+        cells = [line[column] for line in lines if line[column]]
+        decimals = max((len(cell.partition(".")[2]) for cell in cells), default=0)
+        for line in lines:
+            if line[column]:
+                line[column] += " " * (decimals - len(line[column].partition(".")[2]))
+
+
+def _format_time(instant: datetime) -> str:
+    """A UTC time to the millisecond, as the tables print it."""
+    return instant.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _format_threshold(threshold: float) -> str:
+    return f"{threshold * 100:.4g}%"
+
+
+def _pairs(mapping: Mapping[str, object]) -> str:
+    """``key=value`` pairs for a table cell (values that are not scalars as JSON)."""
+
+    def text(value: object) -> str:
+        if isinstance(value, str | int | float):
+            return str(value)
+        return json.dumps(value, default=repr, sort_keys=True)
+
+    return " ".join(f"{key}={text(value)}" for key, value in mapping.items())
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _rows(reply: object) -> list[tuple[object, object]]:
+    """A stream read's reply as (id, fields) rows."""
+    if reply is None:
+        return []
+    if not isinstance(reply, list):
+        raise BackendError(f"unexpected stream reply {reply!r}")
+    return [(row[0], row[1]) for row in reply]
+
+
+def _next_id(stream_id: object) -> str:
+    """The smallest stream ID after ``stream_id`` (an exclusive XRANGE start on any server)."""
+    millis, _, sequence = _text(stream_id).partition("-")
+    return f"{millis}-{int(sequence or 0) + 1}"
+
+
+def read_ledger(
+    client: redis.Redis,
+    scope: ScopeSpec,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    page: int = LEDGER_PAGE,
+) -> Iterator[LedgerEntry]:
+    """The scope's ledger entries settled in [since, until], oldest first, read page by page."""
+    start, end = ledger.stream_bounds(since, until)
+    while True:
+        rows = _rows(client.xrange(scope.ledger_key, start, end, count=page))
+        for stream_id, fields in rows:
+            yield ledger.parse_entry(stream_id, fields)
+        if len(rows) < page:
+            return
+        start = _next_id(rows[-1][0])
+
+
+def _warn_if_missing(client: redis.Redis, command: str, key: str) -> None:
+    """Say so on stderr when ``key`` does not exist: most likely a wrong name or --slot."""
+    if not client.exists(key):
+        print(
+            f"ratelimit {command}: there is no {key} (check the scope name and --slot)",
+            file=sys.stderr,
+        )
+
+
+def _ledger_table(name: str, entries: Sequence[LedgerEntry]) -> list[str]:
+    saved = any(entry.saved_usd for entry in entries)
+    header = ["time (UTC)", "kind", "model", "cost USD", *(["saved USD"] if saved else [])]
+    header += ["tokens", "tags"]
+    rows = [
+        [
+            _format_time(entry.time),
+            entry.kind,
+            entry.model or "-",
+            format_usd(entry.cost_usd),
+            *([format_usd(entry.saved_usd)] if saved else []),
+            _pairs(entry.tokens),
+            _pairs(entry.tags),
+        ]
+        for entry in entries
+    ]
+    count = f"total, {len(entries):,} entr{'y' if len(entries) == 1 else 'ies'}"
+    footer = [count, "", "", format_usd(ledger.total(entries))]
+    if saved:
+        footer.append(format_usd(sum((entry.saved_usd for entry in entries), Decimal(0))))
+    footer += ["", ""]
+    title = f"ledger of {name}"
+    if not entries:
+        return [title, "  no entries"]
+    _align_points([*rows, footer], (3, 4) if saved else (3,))
+    return [title, *_table(header, rows, footer, left=(0, 1, 2, len(header) - 2, len(header) - 1))]
+
+
+@dataclass
+class _Tally:
+    """Counts and sums what an export streams through, for its summary line."""
+
+    entries: int = 0
+    cost: Decimal = field(default_factory=Decimal)
+
+    def through(self, entries: Iterator[LedgerEntry]) -> Iterator[LedgerEntry]:
+        for entry in entries:
+            self.entries += 1
+            self.cost += entry.cost_usd
+            yield entry
+
+
+def export_ledger(
+    client: redis.Redis,
+    scope: ScopeSpec,
+    out: TextIO,
+    fmt: LedgerFormat,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[int, Decimal]:
+    """Write the scope's ledger to ``out`` as a table, CSV or JSON Lines: (entries, total USD)."""
+    tally = _Tally()
+    entries = tally.through(read_ledger(client, scope, since, until))
+    if fmt == "csv":
+        ledger.to_csv(entries, out)
+    elif fmt == "jsonl":
+        ledger.to_jsonl(entries, out)
+    else:
+        out.write("\n".join(_ledger_table(scope.name, list(entries))) + "\n")
+    return tally.entries, tally.cost
+
+
+def run_ledger(args: argparse.Namespace) -> int:
+    """``ratelimit ledger``: returns the exit code."""
+
+    def body(client: redis.Redis) -> int:
+        scope = scope_keys(args.scope, args.slot)
+        window = {"since": args.since, "until": args.until}
+        if args.output in (None, "-"):
+            count, cost = export_ledger(client, scope, sys.stdout, args.format, **window)
+        else:
+            newline = "" if args.format == "csv" else None
+            with open(args.output, "w", encoding="utf-8", newline=newline) as out:
+                count, cost = export_ledger(client, scope, out, args.format, **window)
+            print(
+                f"ratelimit ledger: wrote {count:,} entries of {scope.name} "
+                f"({format_usd(cost)} USD) to {args.output}",
+                file=sys.stderr,
+            )
+        if not count:
+            _warn_if_missing(client, "ledger", scope.ledger_key)
+        return 0
+
+    return _reading("ledger", args.redis_url, body)
+
+
+def spend_table(
+    name: str,
+    spend: Mapping[str, Mapping[str, Decimal]],
+    saved: Mapping[str, Mapping[str, Decimal]],
+) -> list[str]:
+    """Spend (and what cache hits saved) per day and model, day totals and a grand total."""
+    title = f"spend of {name}, USD per day (the ledger's time zone) and model"
+    days = sorted(set(spend) | set(saved))
+    if not days:
+        return [title, "  no spend recorded"]
+    rows: list[list[str]] = []
+    total_spent = total_saved = Decimal(0)
+    for day in days:
+        spent_by, saved_by = spend.get(day, {}), saved.get(day, {})
+        models = sorted(set(spent_by) | set(saved_by))
+        for model in models:
+            spent, cut = spent_by.get(model, Decimal(0)), saved_by.get(model, Decimal(0))
+            rows.append([day, model or "-", format_usd(spent), format_usd(cut)])
+        day_spent = sum(spent_by.values(), Decimal(0))
+        day_saved = sum(saved_by.values(), Decimal(0))
+        if len(models) > 1:
+            rows.append([day, "(day total)", format_usd(day_spent), format_usd(day_saved)])
+        total_spent += day_spent
+        total_saved += day_saved
+    footer = ["total", "", format_usd(total_spent), format_usd(total_saved)]
+    header = ["day", "model", "spent", "saved by cache"]
+    _align_points([*rows, footer], (2, 3))
+    return [title, *_table(header, rows, footer, left=(0, 1))]
+
+
+def run_spend(args: argparse.Namespace) -> int:
+    """``ratelimit spend``: returns the exit code."""
+
+    def body(client: redis.Redis) -> int:
+        scope = scope_keys(args.scope, args.slot)
+        raw = client.hgetall(scope.spend_key)
+        if not isinstance(raw, dict):
+            raise BackendError(f"unexpected HGETALL reply {raw!r}")
+        spend = ledger.parse_spend(raw, args.day)
+        saved = ledger.parse_saved(raw, args.day)
+        print("\n".join(spend_table(scope.name, spend, saved)))
+        if not raw:
+            _warn_if_missing(client, "spend", scope.spend_key)
+        return 0
+
+    return _reading("spend", args.redis_url, body)
+
+
+def read_alert_history(
+    client: redis.Redis, scope: ScopeSpec, count: int | None = None
+) -> list[tuple[datetime, Alert]]:
+    """The scope's alerts with the time each fired, oldest first (the last ``count`` only)."""
+    if count is None:
+        rows = _rows(client.xrange(scope.alerts_key))
+    else:
+        rows = _rows(client.xrevrange(scope.alerts_key, count=count))[::-1]
+    history = []
+    for stream_id, fields in rows:
+        alert = ledger.parse_alert(fields)
+        values = {_text(k): v for k, v in fields.items()} if isinstance(fields, dict) else {}
+        if "t" in values:
+            fired = datetime.fromtimestamp(int(values["t"]) / 1_000_000, UTC)
+        else:  # the stream ID's milliseconds
+            fired = datetime.fromtimestamp(int(_text(stream_id).partition("-")[0]) / 1000, UTC)
+        history.append((fired, alert))
+    return history
+
+
+def alerts_table(name: str, history: Sequence[tuple[datetime, Alert]]) -> list[str]:
+    title = f"alerts of {name}"
+    if not history:
+        return [title, "  no alerts"]
+    header = ["time (UTC)", "period", "threshold", "spent USD", "limit USD"]
+    rows = [
+        [
+            _format_time(fired),
+            alert.period,
+            _format_threshold(alert.threshold),
+            format_usd(alert.spent),
+            format_usd(alert.limit),
+        ]
+        for fired, alert in history
+    ]
+    _align_points(rows, (3, 4))
+    return [title, *_table(header, rows, left=(0, 1))]
+
+
+def alert_line(fired: datetime, alert: Alert) -> str:
+    """One alert on one line, as ``alerts --follow`` prints it."""
+    return (
+        f"{_format_time(fired)}  {alert.scope}  {alert.period}  "
+        f"{_format_threshold(alert.threshold)} reached: "
+        f"{format_usd(alert.spent)} of {format_usd(alert.limit)} USD spent"
+    )
+
+
+def _published_time(data: object) -> datetime:
+    """When a published alert fired: its last field, Redis microseconds (else now)."""
+    try:
+        return datetime.fromtimestamp(int(_text(data).rsplit("\t", 1)[1]) / 1_000_000, UTC)
+    except (IndexError, ValueError):
+        return datetime.now(UTC)
+
+
+def follow_alerts(client: redis.Redis, scope: str | None, count: int | None, out: TextIO) -> int:
+    """Print alerts published on ALERT_CHANNEL as they come (of ``scope`` only, if given).
+
+    Returns after ``count`` alerts; otherwise runs until interrupted. The
+    "listening" line goes to stderr once the server has confirmed the
+    subscription: alerts published after it are never missed.
+    """
+    pubsub = client.pubsub()  # type: ignore[no-untyped-call]  # untyped in redis-py
+    try:
+        pubsub.subscribe(ALERT_CHANNEL)
+        deadline = time.monotonic() + SUBSCRIBE_TIMEOUT_S
+        while True:
+            message = pubsub.get_message(timeout=FOLLOW_POLL_S)
+            if message is not None and message["type"] == "subscribe":
+                break
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"the server did not confirm the subscription to {ALERT_CHANNEL}"
+                )
+        which = f"alerts of {scope}" if scope else "every scope's alerts"
+        print(f"listening on {ALERT_CHANNEL} for {which} (Ctrl-C to stop)", file=sys.stderr)
+        seen = 0
+        while count is None or seen < count:
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=FOLLOW_POLL_S)
+            if message is None or message["type"] != "message":
+                continue
+            try:
+                alert = ledger.parse_published_alert(message["data"])
+            except (ValueError, UnicodeDecodeError):
+                print(
+                    f"ratelimit alerts: skipped a malformed message {message['data']!r}",
+                    file=sys.stderr,
+                )
+                continue
+            if scope is not None and alert.scope != scope:
+                continue
+            out.write(alert_line(_published_time(message["data"]), alert) + "\n")
+            out.flush()
+            seen += 1
+    finally:
+        pubsub.close()
+    return 0
+
+
+def run_alerts(args: argparse.Namespace) -> int:
+    """``ratelimit alerts``: returns the exit code."""
+
+    def body(client: redis.Redis) -> int:
+        if args.follow:
+            return follow_alerts(client, args.scope, args.count, sys.stdout)
+        scope = scope_keys(args.scope, args.slot)
+        history = read_alert_history(client, scope, args.count)
+        print("\n".join(alerts_table(scope.name, history)))
+        if not history:
+            _warn_if_missing(client, "alerts", scope.alerts_key)
+        return 0
+
+    return _reading("alerts", args.redis_url, body)
+
+
+def _reading(command: str, url: str, body: Callable[[redis.Redis], int]) -> int:
+    """Run ``body`` with a client for ``url``; errors become a message and exit code 2."""
+    try:
+        client = connect(url)
+        try:
+            return body(client)
+        finally:
+            client.close()
+    except BrokenPipeError:
+        # The reader of stdout went away (``| head``): stop quietly, as cat does,
+        # and keep the interpreter's last flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except redis.exceptions.RedisError as exc:
+        print(f"ratelimit {command}: cannot use the Redis server: {exc}", file=sys.stderr)
+    except LimiterError as exc:
+        print(f"ratelimit {command}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"ratelimit {command}: {exc}", file=sys.stderr)
+    return EXIT_ERROR
+
+
 # -- argument parsing ------------------------------------------------------------
 
 
@@ -929,6 +1319,27 @@ def _positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _instant(text: str) -> datetime:
+    """An ISO 8601 date or time; without an offset it is UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 date or time: {text!r} (e.g. 2026-11-28 or 2026-11-28T14:00+01:00)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _day(text: str) -> str:
+    """A calendar day, YYYY-MM-DD, as the spend counters name them."""
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a YYYY-MM-DD day: {text!r}") from None
 
 
 DEMO_EPILOG = """\
@@ -955,6 +1366,111 @@ examples:
   ratelimit demo --workers 16 --seconds 30 --mode try
   ratelimit demo --redis-url redis://localhost:6379/0 --rpm 1200
 """
+
+
+READERS_EPILOG = """\
+These commands read a deployment's Redis (--redis-url is required) and change
+nothing. A scope's keys are rl:v1:{<slot>}:<name>:ledger, :spend and :alerts;
+give --slot when its Limiter was built with slot=... Money is printed exactly.
+
+exit status:
+  0 done (also when there is nothing to show: a note on stderr then names the
+  key that does not exist), 2 error, 130 interrupted.
+"""
+
+LEDGER_EPILOG = f"""\
+{READERS_EPILOG}
+examples:
+  ratelimit ledger team-b --redis-url redis://localhost:6379/0
+  ratelimit ledger team-b --redis-url $URL --slot acme --since 2026-11-28 --format csv \\
+      --output team-b.csv
+  ratelimit ledger team-b --redis-url $URL --format jsonl | jq .cost_usd
+"""
+
+SPEND_EPILOG = f"""\
+{READERS_EPILOG}
+examples:
+  ratelimit spend team-b --redis-url redis://localhost:6379/0
+  ratelimit spend team-b --redis-url $URL --day 2026-11-28
+"""
+
+ALERTS_EPILOG = f"""\
+{READERS_EPILOG}
+With SCOPE, the scope's alert history (its stream keeps the last 1000). With
+--follow, alerts as they fire, from the {ALERT_CHANNEL} channel (of SCOPE only
+when given; --slot is not needed), one line each, until Ctrl-C or --count.
+
+examples:
+  ratelimit alerts team-b --redis-url redis://localhost:6379/0
+  ratelimit alerts --follow --redis-url $URL
+  ratelimit alerts team-b --follow --count 1 --redis-url $URL
+"""
+
+
+def _add_reader_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``ledger``, ``spend`` and ``alerts``: what a deployment spent, and its alerts."""
+    common = argparse.ArgumentParser(add_help=False)
+    where = common.add_argument_group("server")
+    where.add_argument(
+        "--redis-url", metavar="URL", required=True, help="the deployment's Redis/Valkey server"
+    )
+    where.add_argument(
+        "--slot",
+        metavar="SLOT",
+        help="the scope's hash tag, when its Limiter was given slot=... (default: its name)",
+    )
+
+    def add(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    entries = add("ledger", "export a scope's ledger entries", LEDGER_EPILOG)
+    entries.add_argument("scope", metavar="SCOPE", help="the limiter's name")
+    entries.add_argument(
+        "--since", type=_instant, metavar="ISO", help="from this time on (UTC unless an offset)"
+    )
+    entries.add_argument(
+        "--until",
+        type=_instant,
+        metavar="ISO",
+        help="up to this time, inclusive (a date alone is its midnight)",
+    )
+    entries.add_argument(
+        "--format",
+        choices=("table", "csv", "jsonl"),
+        default="table",
+        help="table: time, kind, model, cost, tokens, tags and a total; csv and jsonl: "
+        "every field, as ratelimit.ledger.to_csv/to_jsonl write them (default: %(default)s)",
+    )
+    entries.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    entries.set_defaults(handler=run_ledger)
+
+    spend = add("spend", "a scope's spend per day and model, with totals", SPEND_EPILOG)
+    spend.add_argument("scope", metavar="SCOPE", help="the limiter's name")
+    spend.add_argument("--day", type=_day, metavar="YYYY-MM-DD", help="this day only")
+    spend.set_defaults(handler=run_spend)
+
+    alerts = add("alerts", "a scope's budget alerts, or every alert as it fires", ALERTS_EPILOG)
+    alerts.add_argument(
+        "scope", metavar="SCOPE", nargs="?", help="the limiter's name (required without --follow)"
+    )
+    alerts.add_argument(
+        "--follow", "-f", action="store_true", help="print alerts as they are published"
+    )
+    alerts.add_argument(
+        "--count",
+        type=_positive_int,
+        metavar="N",
+        help="with --follow, stop after N alerts; without, show the last N",
+    )
+    # main() reports a missing SCOPE (without --follow) with this command's usage.
+    alerts.set_defaults(handler=run_alerts, usage_error=alerts.error)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1049,6 +1565,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: demo-<random>, so every run starts with full buckets)",
     )
     demo.set_defaults(handler=run_demo)
+    _add_reader_commands(commands)
     return parser
 
 
@@ -1061,6 +1578,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     if args.command == "demo" and not args.name:
         args.name = f"demo-{secrets.token_hex(3)}"
+    if args.command == "alerts" and args.scope is None and not args.follow:
+        args.usage_error("give a SCOPE to list its alerts, or --follow to print them as they fire")
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:

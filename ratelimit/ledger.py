@@ -72,10 +72,10 @@ class LedgerEntry:
             "kind": self.kind,
             "day": self.day,
             "model": self.model,
-            "cost_usd": str(self.cost_usd),
+            "cost_usd": format(self.cost_usd, "f"),
             "tokens": self.tokens,
             "tags": self.tags,
-            "saved_usd": str(self.saved_usd),
+            "saved_usd": format(self.saved_usd, "f"),
         }
 
 

@@ -1,16 +1,34 @@
-"""The ``ratelimit`` command line, above all ``ratelimit demo`` run as a user runs it."""
+"""The ``ratelimit`` command line, run as a user runs it: the demo, and the ledger readers."""
 
 from __future__ import annotations
 
+import csv
+import json
 import random
 import re
+import select
+import signal
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from subprocess import PIPE
 
 import pytest
+import redis
 
-from ratelimit import Rate
-from ratelimit.cli import CallShape, check_limit, demo_rates, main
+from ratelimit import Budget, Limiter, Rate, ledger
+from ratelimit.cli import (
+    CallShape,
+    check_limit,
+    demo_rates,
+    format_usd,
+    main,
+    read_ledger,
+    scope_keys,
+)
 from ratelimit.server import ServerNotFound, find_binary
 
 #: A row of the demo's global table: dimension, admitted, allowed, ...
@@ -131,3 +149,237 @@ def test_buckets_always_hold_the_largest_call() -> None:
         input_tokens, max_output = shape.draw(rng)
         assert 1 <= input_tokens <= shape.input_tokens[1]
         assert 1 <= shape.actual_output(rng, max_output) <= max_output
+
+
+# -- ledger, spend, alerts: reading a deployment ---------------------------------
+
+SCOPE = "team-cli"
+SLOT = "acme"
+SONNET_COST = Decimal("0.123456789")
+HAIKU_COST = Decimal("0.2")
+SAVED = Decimal("0.0042")
+
+
+def budgeted(redis_url: str) -> Limiter:
+    """A budgeted scope in a shared slot, with settles, a cancel, a cache hit and an alert."""
+    limiter = Limiter(
+        redis_url,
+        SCOPE,
+        slot=SLOT,
+        requests=Rate(100, per=60),
+        usd=Budget("1.00", alerts=(0.25, 0.75)),
+    )
+    with limiter.acquire(usd="0.30", model="claude-sonnet-4-5", tags={"user": "ann"}) as permit:
+        permit.settle(usd=SONNET_COST, model="claude-sonnet-4-5", tags={"user": "ann", "job": 7})
+    with limiter.acquire(usd="0.30", model="claude-haiku-4-5") as permit:
+        permit.settle(
+            model="claude-haiku-4-5",
+            usd=HAIKU_COST,
+            usage={"input_tokens": 1200, "output_tokens": 300},
+            tags={"user": "bob"},
+        )
+    limiter.acquire(usd="0.10").cancel()
+    limiter.record_saving(SAVED, model="claude-haiku-4-5", tokens={"input_tokens": 50})
+    return limiter
+
+
+def reader(redis_url: str, *args: str) -> list[str]:
+    """A ``python -m ratelimit`` command line that reads the test's scope."""
+    return [sys.executable, "-m", "ratelimit", *args, "--redis-url", redis_url]
+
+
+def run_together(*commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Run commands at once (each pays an interpreter start-up) and wait for all."""
+    started = [
+        (command, subprocess.Popen(command, stdout=PIPE, stderr=PIPE, text=True))
+        for command in commands
+    ]
+    results = []
+    for command, process in started:
+        out, err = process.communicate(timeout=60)
+        results.append(subprocess.CompletedProcess(command, process.returncode, out, err))
+    return results
+
+
+def test_ledger_spend_and_alerts_read_back_a_deployment(redis_url: str, tmp_path: Path) -> None:
+    limiter = budgeted(redis_url)
+    entries = limiter.ledger_entries()
+    spent = sum((sum(day.values()) for day in limiter.spend().values()), Decimal(0))
+    assert spent == ledger.total(entries) == SONNET_COST + HAIKU_COST
+    (today,) = limiter.spend()
+    csv_file = tmp_path / "ledger.csv"
+
+    as_csv, as_jsonl, table, spend, alerts = run_together(
+        reader(redis_url, "ledger", SCOPE, "--slot", SLOT, "--format", "csv", "-o", str(csv_file)),
+        reader(redis_url, "ledger", SCOPE, "--slot", SLOT, "--format", "jsonl"),
+        reader(redis_url, "ledger", SCOPE, "--slot", SLOT),
+        reader(redis_url, "spend", SCOPE, "--slot", SLOT),
+        reader(redis_url, "alerts", SCOPE, "--slot", SLOT),
+    )
+    for result in (as_csv, as_jsonl, table, spend, alerts):
+        assert result.returncode == 0, result.stderr
+        assert "Traceback" not in result.stderr
+
+    # CSV and JSON Lines parse back to the same entries and the same exact total.
+    with csv_file.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    records = [json.loads(line) for line in as_jsonl.stdout.splitlines()]
+    for exported in (rows, records):
+        assert [row["stream_id"] for row in exported] == [e.stream_id for e in entries]
+        assert sum(Decimal(row["cost_usd"]) for row in exported) == spent
+        assert sum(Decimal(row["saved_usd"]) for row in exported) == SAVED
+    assert [json.loads(row["tags"]) for row in rows] == [r["tags"] for r in records]
+    assert records[0]["tags"] == {"user": "ann", "job": 7}
+    assert f"wrote 4 entries of {SCOPE} ({spent} USD)" in as_csv.stderr
+
+    # The table: one row per entry, exact costs, tags, tokens and the total line.
+    assert [line.split()[2] for line in table.stdout.splitlines() if line.startswith("  20")] == [
+        "settled",
+        "settled",
+        "cancelled",
+        "cache_hit",
+    ]
+    assert f" {SONNET_COST} " in table.stdout
+    assert "user=ann job=7" in table.stdout
+    assert "input=1200 output=300" in table.stdout
+    assert re.search(rf"^  total, 4 entries +{spent} +{SAVED}$", table.stdout, re.M), table.stdout
+
+    # Spend per day and model, what the cache saved, and exact totals.
+    assert re.search(rf"^  {today}  claude-sonnet-4-5 +{SONNET_COST} +0\.00", spend.stdout, re.M)
+    assert re.search(rf"^  {today}  claude-haiku-4-5 +0\.20 +{SAVED}$", spend.stdout, re.M)
+    assert re.search(rf"^  total +{spent} +{SAVED}$", spend.stdout, re.M), spend.stdout
+
+    # The alert history: 25 % fired by the second settle, 75 % not reached.
+    assert re.search(rf"^  20\S+ \S+  {today} +25%  {spent} +1\.00$", alerts.stdout, re.M), (
+        alerts.stdout
+    )
+    assert "75%" not in alerts.stdout
+
+
+def wait_for_line(process: subprocess.Popen[str], text: str, timeout: float = 30) -> None:
+    """Read the process's stderr until a line holds ``text``."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stderr], [], [], 0.1)
+        if ready:
+            line = process.stderr.readline()
+            if text in line:
+                return
+            assert line, f"exited before {text!r}"
+    pytest.fail(f"no {text!r} on stderr within {timeout} s")
+
+
+def test_alerts_follow_receives_an_alert_as_it_fires(redis_url: str) -> None:
+    limiter = budgeted(redis_url)
+    follow = subprocess.Popen(
+        reader(redis_url, "alerts", SCOPE, "--follow", "--count", "1"),
+        stdout=PIPE,
+        stderr=PIPE,
+        text=True,
+    )
+    try:
+        wait_for_line(follow, "listening on rl:v1:alerts")
+        # Another scope's alert first: --follow SCOPE skips it.
+        other = Limiter(redis_url, "someone-else", usd=Budget(1, alerts=(0.5,)))
+        other.acquire(usd="0.6").settle(usd="0.6")
+        limiter.acquire(usd="0.5").settle(usd="0.5")
+        out, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0, err
+    (line,) = out.splitlines()
+    spent = SONNET_COST + HAIKU_COST + Decimal("0.5")
+    assert re.fullmatch(rf"20\S+ \S+  {SCOPE}  \S+  75% reached: {spent} of 1\.00 USD spent", line)
+
+
+def test_alerts_follow_stops_cleanly_on_ctrl_c(redis_url: str) -> None:
+    follow = subprocess.Popen(
+        reader(redis_url, "alerts", "--follow"), stdout=PIPE, stderr=PIPE, text=True
+    )
+    try:
+        wait_for_line(follow, "listening on rl:v1:alerts for every scope's alerts")
+        follow.send_signal(signal.SIGINT)
+        out, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 130
+    assert out == ""
+    assert "Traceback" not in err
+
+
+def test_ledger_reads_in_pages_and_windows(redis_url: str) -> None:
+    limiter = budgeted(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        scope = scope_keys(SCOPE, SLOT)
+        assert scope.ledger_key == f"rl:v1:{{{SLOT}}}:{SCOPE}:ledger"
+        assert scope_keys(SCOPE).ledger_key == f"rl:v1:{{{SCOPE}}}:{SCOPE}:ledger"
+        entries = limiter.ledger_entries()
+        assert list(read_ledger(client, scope, page=1)) == entries
+        assert list(read_ledger(client, scope, page=3)) == entries
+        # The same window as the library's own read, through several pages.
+        since, until = entries[1].time, entries[-1].time
+        window = limiter.ledger_entries(since=since, until=until)
+        assert entries[1] in window
+        assert list(read_ledger(client, scope, since=since, until=until, page=1)) == window
+        assert list(read_ledger(client, scope, until=datetime(2000, 1, 1, tzinfo=UTC))) == []
+    finally:
+        client.close()
+
+
+def test_readers_in_process(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    budgeted(redis_url)
+    # The right scope in the wrong slot: nothing, and stderr names the key looked at.
+    assert main(["ledger", SCOPE, "--redis-url", redis_url]) == 0
+    captured = capsys.readouterr()
+    assert "no entries" in captured.out
+    assert f"there is no rl:v1:{{{SCOPE}}}:{SCOPE}:ledger" in captured.err
+    # A window with nothing in it, and a day without spend.
+    assert (
+        main(["ledger", SCOPE, "--slot", SLOT, "--since", "2999-01-01", "--redis-url", redis_url])
+        == 0
+    )
+    assert "no entries" in capsys.readouterr().out
+    assert (
+        main(["spend", SCOPE, "--slot", SLOT, "--day", "2000-01-01", "--redis-url", redis_url]) == 0
+    )
+    assert "no spend recorded" in capsys.readouterr().out
+    # The last alert only.
+    assert main(["alerts", SCOPE, "--slot", SLOT, "--count", "1", "--redis-url", redis_url]) == 0
+    assert "25%" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["alerts", "--redis-url", "redis://x"], "give a SCOPE"),
+        (["ledger", SCOPE], "--redis-url"),
+        (["ledger", SCOPE, "--redis-url", "redis://x", "--since", "yesterday"], "ISO 8601"),
+        (["spend", SCOPE, "--redis-url", "redis://x", "--day", "2026-11"], "YYYY-MM-DD"),
+        (["ledger", SCOPE, "--redis-url", "redis://x", "--format", "xml"], "--format"),
+    ],
+)
+def test_reader_usage_errors_exit_2(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_readers_report_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (["ledger", SCOPE], ["spend", SCOPE], ["alerts", SCOPE], ["alerts", "-f"]):
+        assert main([*command, "--redis-url", "redis://127.0.0.1:1/0"]) == 2
+        err = capsys.readouterr().err
+        assert f"ratelimit {command[0]}: cannot use the Redis server" in err
+
+
+def test_money_is_printed_exactly() -> None:
+    assert format_usd(Decimal(0)) == "0.00"
+    assert format_usd(Decimal("0E-9")) == "0.00"
+    assert format_usd(Decimal(5) / 10**9) == "0.000000005"
+    assert format_usd(Decimal("1.5")) == "1.50"
+    assert format_usd(Decimal("1234567.123456789")) == "1234567.123456789"
+    assert format_usd(Decimal("12E+3")) == "12000.00"
