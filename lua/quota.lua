@@ -189,14 +189,18 @@ local function finish_permit(scopes, id, rec, actual, kind, model, tokens, tags,
         if back < 0 then
           -- Used more than reserved: a debt after everyone booked, so later callers wait.
           level = math.max(level + back, FLOOR)
-        elseif at <= now or rec.admit >= at then
-          -- Nobody is booked after this permit: what it did not use goes back.
+        elseif rec.admit <= now or rec.admit >= at then
+          -- The call went out (its unused part comes back after everyone
+          -- already booked, as the provider's own bucket gives back an
+          -- unused reservation), or nobody is booked after it: credited.
           level = level + back
           if level >= d.cap then level, rem = d.cap, 0 end
         else
-          -- Others are booked after it, their times computed without these
-          -- units: handing them to a newcomer could squeeze it in just before
-          -- them, more than the provider's bucket holds. They stay spent.
+          -- A booking still in line with others booked after it: those were
+          -- timed without its units, and handing them to a newcomer would
+          -- squeeze it in just before them, more than the provider's bucket
+          -- holds (that call never reached the provider to be given back).
+          -- The slot stays spent.
           back = 0
         end
         if back ~= 0 then

@@ -328,11 +328,10 @@ class Permit(_core.PermitData):
     ) -> Settlement:
         """Charge what the call really used, once.
 
-        Each given dimension gets back ``reserved - actual`` when nobody is
-        booked after this permit on it (a refund in the middle of the line
-        could let a newcomer squeeze in before the callers already booked),
-        or is debited the excess, a debt that later callers wait for;
-        dimensions not given keep their reservation. A budget turns its reservation into the actual
+        Each given dimension gets back ``reserved - actual`` (after everyone
+        already booked on it, capped at its capacity) or is debited the
+        excess, a debt that later callers wait for; dimensions not given keep
+        their reservation. A budget turns its reservation into the actual
         cost (given as ``usd=...``, or priced from ``usage`` and ``model``) and
         the ledger records it. A second settle of the same permit, from this
         process or any other, changes nothing and reports ``"unknown"``.
@@ -348,8 +347,9 @@ class Permit(_core.PermitData):
     def cancel(self) -> Settlement:
         """Give back what the permit took (the call never went out), also in line.
 
-        As with a refund, a dimension gets its units back only when nobody is
-        booked after this permit on it.
+        A booking still in line with others booked after it on a dimension
+        keeps that dimension's slot spent: handing it to a newcomer would
+        squeeze the newcomer in just before them.
         """
         if self.backed:
             self.settlement = self.limiter.cancel(self.id)

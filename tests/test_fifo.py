@@ -200,7 +200,9 @@ def test_the_last_booking_cancelled_gives_its_tokens_back(r: redis.Redis) -> Non
     assert later.admitted_at_us - first.admitted_at_us == (5 + 2) * US_PER_TOKEN
 
 
-def test_a_refund_is_credited_only_at_the_end_of_the_line(r: redis.Redis) -> None:
+def test_a_refund_of_a_booking_still_in_line_is_credited_only_at_its_end(
+    r: redis.Redis,
+) -> None:
     limiter = Limiter(r, "line", tokens=RATE)
     limiter.acquire(tokens=10)
     first, last = book(limiter, 4), book(limiter, 2)
@@ -212,6 +214,21 @@ def test_a_refund_is_credited_only_at_the_end_of_the_line(r: redis.Redis) -> Non
     # 2 more need half a token's refill after the last admission.
     later = book(limiter, 2)
     assert later.admitted_at_us - last.admitted_at_us == US_PER_TOKEN // 2
+
+
+def test_a_call_that_went_out_gets_its_unused_part_back_after_the_line(
+    r: redis.Redis,
+) -> None:
+    limiter = Limiter(r, "line", tokens=RATE)
+    done = limiter.acquire(tokens=4)  # admitted at once: the call goes out
+    limiter.acquire(tokens=6)
+    behind = book(limiter, 2)  # booked ahead, behind the call that went out
+    assert done.admitted_at_us < behind.admitted_at_us
+    assert done.settle(tokens=1).applied  # used 1 of 4: 3 come back after `behind`
+    assert stored(r, limiter) == f"3000000 0 1 {behind.admitted_at_us}"
+    # The next arrival uses them at the end of the line, not before `behind`.
+    later = book(limiter, 2)
+    assert later.admitted_at_us == behind.admitted_at_us
 
 
 @pytest.fixture

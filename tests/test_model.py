@@ -191,11 +191,13 @@ class Model:
             level, rem, at = bucket_at(self.buckets.get(dim), rate, now)
             if back < 0:  # used more: a debt after everyone booked
                 level = max(level + back, FLOOR)
-            elif at <= now or admitted >= at:  # nobody booked after it: credited
+            elif admitted <= now or admitted >= at:
+                # The call went out (its unused part comes back after everyone
+                # booked), or nobody is booked after it: credited.
                 level += back
                 if level >= rate.cap:
                     level, rem = rate.cap, 0
-            else:  # others booked after it: the units stay spent
+            else:  # a booking still in line, others booked after it: stays spent
                 continue
             self.buckets[dim] = Bucket(level, rem, rate.den, at)
         return 1
