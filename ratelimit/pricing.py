@@ -7,7 +7,7 @@ the package (``ratelimit/prices.toml``) records Anthropic's published list
 prices; :meth:`Pricing.from_file` lays a user's own file (same format) over it.
 
 >>> pricing = Pricing.default()
->>> pricing.cost("claude-sonnet-4-5", {"input_tokens": 1000, "output_tokens": 500})
+>>> pricing.cost("claude-sonnet-4-6", {"input_tokens": 1000, "output_tokens": 500})
 Decimal('0.010500')
 
 How a usage is priced (:meth:`Pricing.cost`):
