@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import math
 import os
@@ -57,7 +58,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Coroutine,
     Generator,
     Iterable,
     Iterator,
@@ -98,7 +98,7 @@ from ratelimit.errors import (
     InvalidArgumentType,
     LimiterError,
 )
-from ratelimit.limiter import Limiter, LimiterGroup, Permit, SyncClient, connect
+from ratelimit.limiter import Limiter, LimiterGroup, SyncClient, connect
 from ratelimit.pricing import Pricing, token_counts
 from ratelimit.routing import ModelPolicy, RoutingContext
 
@@ -752,23 +752,468 @@ def _tags(headers: Mapping[str, str] | None) -> dict[str, object] | None:
     return {"request_id": request_id} if request_id else None
 
 
-# -- the synchronous client ------------------------------------------------------------
+# -- the logic once: flows of effects, driven by a sync and an asyncio shell -------------
 
 
-class Guard:
-    """The quotas a wrapped ``Anthropic`` client books against, shared by its copies.
+@dataclass(frozen=True)
+class _Call:
+    """Effect: call ``fn``; a sync shell takes its result, an asyncio one awaits it."""
 
-    One :class:`~ratelimit.Limiter` per ``limits`` entry, named
-    ``f"{name}:{family}"``, and with a budget one more, ``f"{name}:budget"``; all
-    in one slot, so a family and the budget are checked by one script call.
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    shield: bool = False
+    """asyncio: let the call finish even if the task is cancelled meanwhile."""
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    """Effect: pause this caller for ``seconds``."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Enter:
+    """Effect: enter a context manager (``__enter__`` or ``__aenter__``)."""
+
+    manager: Any
+
+
+@dataclass(frozen=True)
+class _Exit:
+    """Effect: exit a context manager (``__exit__`` or ``__aexit__``)."""
+
+    manager: Any
+    exc_info: tuple[Any, Any, Any]
+
+
+_Effect = _Call | _Sleep | _Enter | _Exit
+_Flow = Generator[_Effect, Any, R]
+
+
+def _run(flow: _Flow[R]) -> R:
+    """Drive ``flow`` synchronously: perform each effect and send back its result."""
+    try:
+        effect = next(flow)
+        while True:
+            try:
+                if isinstance(effect, _Call):
+                    reply = effect.fn(*effect.args, **effect.kwargs)
+                elif isinstance(effect, _Sleep):
+                    time.sleep(effect.seconds)
+                    reply = None
+                elif isinstance(effect, _Enter):
+                    reply = effect.manager.__enter__()
+                else:
+                    reply = effect.manager.__exit__(*effect.exc_info)
+            except BaseException as exc:
+                effect = flow.throw(exc)
+            else:
+                effect = flow.send(reply)
+    except StopIteration as stop:
+        result: R = stop.value
+        return result
+
+
+async def _arun(flow: _Flow[R]) -> R:
+    """Drive ``flow`` on asyncio: perform each effect, awaited, and send back its result."""
+    try:
+        effect = next(flow)
+        while True:
+            try:
+                if isinstance(effect, _Call):
+                    pending = effect.fn(*effect.args, **effect.kwargs)
+                    reply = await (asyncio.shield(pending) if effect.shield else pending)
+                elif isinstance(effect, _Sleep):
+                    await asyncio.sleep(effect.seconds)
+                    reply = None
+                elif isinstance(effect, _Enter):
+                    reply = await effect.manager.__aenter__()
+                else:
+                    reply = await effect.manager.__aexit__(*effect.exc_info)
+            except BaseException as exc:
+                effect = flow.throw(exc)
+            else:
+                effect = flow.send(reply)
+    except StopIteration as stop:
+        result: R = stop.value
+        return result
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What a wrapped ``messages`` works with: its quotas, the real client (for
+    ``count_tokens``) and a copy of it with the SDK's retries off (for the calls)."""
+
+    guard: Guard | AsyncGuard
+    real: Any
+    inner: Any
+
+
+def _plan(parts: _Parts, request: dict[str, Any]) -> _Flow[_Plan]:
+    """A call's estimate and candidate models (asking the policy, if any)."""
+    model, max_tokens = _model_and_max_tokens(request)
+    guard = parts.guard
+    config = guard.config
+    exact = config.estimate == "count_tokens"
+    tokens: int | None = None
+    if exact:
+        try:
+            counted = yield _Call(parts.real.messages.count_tokens, kwargs=_count_request(request))
+            tokens = counted.input_tokens
+        except anthropic.APIError as exc:
+            # The count only sharpens the reservation; the call itself will tell.
+            log.warning("count_tokens failed (%s); using the local estimate", exc)
+            exact = False
+    if tokens is None:
+        tokens = estimate_input_tokens(request)
+    plan = _Plan(request, tokens, exact, max_tokens)
+    policy = guard.policy
+    if policy is None:
+        plan.candidates = [model]
+        config.family(model)  # an unknown model fails here, before anything is sent
+        return plan
+    budget = None
+    if guard.budget is not None:
+        budget = (yield _Call(guard.budget.state)).budget("usd")
+    levels_of: Callable[[], Mapping[str, Mapping[str, float]]]
+    levels_of = yield _Call(guard._level_reader)
+
+    def can_admit(model: str) -> bool:
+        levels = levels_of()
+        family = config.family(model)
+        costs = config.costs(model, family, plan)
+        return config.fits(family, costs, levels[family])
+
+    context = RoutingContext(budget=budget, can_admit=can_admit)
+    plan.candidates = _candidates(policy.choose(request, context))
+    return plan
+
+
+def _admit(guard: Guard | AsyncGuard, plan: _Plan) -> _Flow[_Booked[Any]]:
+    """The first candidate whose quota admits within the policy's wait bound.
+
+    Every candidate but the last is given ``policy.max_wait_s`` seconds (and
+    is passed over when its budget cannot take the call); the last waits as
+    long as ``acquire_timeout`` allows.
     """
+    last = len(plan.candidates) - 1
+    for i, model in enumerate(plan.candidates):
+        family = guard.family(model)
+        costs = guard.config.costs(model, family, plan)
+        timeout = guard.config.acquire_timeout
+        if i < last and guard.policy is not None:
+            timeout = _shorter(guard.policy.max_wait_s, timeout)
+        try:
+            acquire = guard.quota(family).acquire
+            permit = yield _Call(acquire, (timeout,), {"model": model, **costs})
+        except (AcquireTimeout, BudgetExceeded):
+            if i == last:
+                raise
+            continue
+        return _Booked(model, family, permit)
+    raise AssertionError("unreachable: a plan has at least one candidate")
+
+
+_Sent = tuple[R, Mapping[str, str] | None]
+
+
+def _attempts(
+    guard: Guard | AsyncGuard, plan: _Plan, send: Callable[[dict[str, Any]], _Flow[_Sent[R]]]
+) -> _Flow[tuple[R, _Booked[Any], Mapping[str, str] | None]]:
+    """Admit, send, and on a retryable failure give the permit back and go again."""
+    attempt = 0
+    while True:
+        attempt += 1
+        booked = yield from _admit(guard, plan)
+        try:
+            result, headers = yield from send({**plan.request, "model": booked.model})
+        except Exception as exc:
+            yield from _cancel(booked)
+            retry = _retry(exc, attempt, guard.config.max_attempts)
+            if retry.hold_s is not None and isinstance(exc, anthropic.APIStatusError):
+                yield from _hold(guard, booked, exc.response.headers, retry.hold_s)
+            if not retry.again:
+                raise
+            log.info("attempt %d to %s failed (%s); retrying", attempt, booked.model, exc)
+            if retry.sleep_s > 0:
+                yield _Sleep(retry.sleep_s)
+            continue
+        except BaseException:
+            # Cancelled while the request was out: give the permit back regardless.
+            yield from _cancel(booked, shield=True)
+            raise
+        return result, booked, headers
+
+
+def _send_message(inner: Any, body: dict[str, Any]) -> _Flow[_Sent[Message]]:
+    raw = yield _Call(inner.messages.with_raw_response.create, kwargs=body)
+    message = yield _Call(raw.parse)
+    return message, raw.headers
+
+
+def _send_parse(inner: Any, body: dict[str, Any]) -> _Flow[_Sent[Any]]:
+    return (yield _Call(inner.messages.parse, kwargs=body)), None
+
+
+def _send_events(inner: Any, body: dict[str, Any]) -> _Flow[_Sent[Any]]:
+    stream = yield _Call(inner.messages.create, kwargs=body)
+    return stream, _headers_of(stream)
+
+
+def _send_stream(inner: Any, body: dict[str, Any]) -> _Flow[_Sent[tuple[Any, Any]]]:
+    manager = inner.messages.stream(**body)
+    stream = yield _Enter(manager)
+    return (manager, stream), _headers_of(stream)
+
+
+def _cancel(booked: _Booked[Any], *, shield: bool = False) -> _Flow[None]:
+    try:
+        yield _Call(booked.permit.cancel, shield=shield)
+    except LimiterError:
+        log.exception("could not cancel permit %s; its lease will", booked.permit.id)
+
+
+def _hold(
+    guard: Guard | AsyncGuard, booked: _Booked[Any], headers: Mapping[str, str], hold_s: float
+) -> _Flow[None]:
+    """After a 429: every process backs off for ``hold_s`` seconds."""
+    remaining = guard.config.remaining(booked.family, headers)
+    try:
+        observe = guard.limiter(booked.family).observe
+        yield _Call(observe, kwargs={"retry_after": hold_s, **remaining})
+    except LimiterError:
+        log.exception("could not pass a 429 on to the shared limiter")
+
+
+def _finish(
+    guard: Guard | AsyncGuard,
+    booked: _Booked[Any],
+    plan: _Plan,
+    usage: _Usage,
+    headers: Mapping[str, str] | None,
+    *,
+    headers_at: float,
+    streamed: bool = False,
+    error: BaseException | None = None,
+) -> _Flow[None]:
+    """Settle a call that went out, then lower the buckets to the provider's figures.
+
+    In that order: a settle gives back what was over-reserved, which must not
+    lift a bucket above what the provider says is left. A stream's headers
+    were written before its output was charged (``streamed``); ``error`` is
+    what ended a stream, if anything did.
+    """
+    permit, config = booked.permit, guard.config
+    output = 0
+    try:
+        if not usage.started:
+            if isinstance(error, anthropic.APIError):
+                yield _Call(permit.cancel)  # the API failed before a token: nothing was used
+                return
+            # The request went out but no usage came back: charged as reserved.
+            yield _Call(permit.settle, kwargs={"model": booked.model, "tags": _tags(headers)})
+        else:
+            actual = _actual(config, booked.family, usage, plan.max_tokens)
+            output = usage.output_so_far(plan.max_tokens)
+            yield from _settle(permit, booked.model, actual, usage.priced(plan.max_tokens), headers)
+    except LimiterError:
+        log.exception("could not settle permit %s; its lease will", permit.id)
+    if headers is not None:
+        age = time.monotonic() - headers_at
+        pending = output if streamed else 0
+        remaining = config.remaining(booked.family, headers, age_s=age, pending_output=pending)
+        if remaining:
+            try:
+                yield _Call(guard.limiter(booked.family).observe, kwargs=remaining)
+            except LimiterError:
+                log.exception("could not pass the rate-limit headers on")
+
+
+def _settle(
+    permit: Any,
+    model: str,
+    actual: dict[str, Any],
+    usage: object,
+    headers: Mapping[str, str] | None,
+) -> _Flow[None]:
+    tags = _tags(headers)
+    try:
+        yield _Call(permit.settle, kwargs={"model": model, "usage": usage, "tags": tags, **actual})
+    except InvalidArgument as exc:
+        # A usage the price table cannot price (fast mode, a new model): charge
+        # the budget what it reserved rather than leave the permit to its lease.
+        log.warning("could not price the usage of %s (%s); charging the reservation", model, exc)
+        reserved = permit.reserved.get("usd")
+        extra = {} if reserved is None else {"usd": reserved}
+        yield _Call(permit.settle, kwargs={"model": model, "tags": tags, **actual, **extra})
+
+
+def _cached(guard: Guard | AsyncGuard, request: dict[str, Any]) -> _Flow[Message | None]:
+    """A cached answer to ``request`` (recording what it saved), or None."""
+    cache = guard.cache
+    if cache is None:
+        return None
+    try:
+        found = yield _Call(cache.get, (request,))
+    except InvalidArgument as exc:
+        log.debug("request not cacheable: %s", exc)
+        return None
+    except LimiterError:
+        log.exception("the response cache is unavailable; calling the API")
+        return None
+    if found is None:
+        return None
+    message = Message.model_validate(found)
+    if guard.budget is not None:
+        model = str(request["model"])
+        try:
+            saved = guard.config.pricing.cost(model, message.usage)
+            tokens = token_counts(message.usage)
+            yield _Call(guard.budget.record_saving, (saved,), {"model": model, "tokens": tokens})
+        except LimiterError:
+            log.exception("could not record what a cached response saved")
+    return message
+
+
+def _store(guard: Guard | AsyncGuard, request: dict[str, Any], message: Message) -> _Flow[None]:
+    cache = guard.cache
+    if cache is None:
+        return
+    try:
+        yield _Call(cache.put, (request, message.model_dump(mode="json")))
+    except InvalidArgument:
+        pass  # not cacheable (logged on the lookup)
+    except LimiterError:
+        log.exception("could not store a response in the cache")
+
+
+def _create(parts: _Parts, request: dict[str, Any]) -> _Flow[Message]:
+    """``messages.create`` without ``stream=True``: cache, admission, send, settle."""
+    hit = yield from _cached(parts.guard, request)
+    if hit is not None:
+        return hit
+    plan = yield from _plan(parts, request)
+    send = functools.partial(_send_message, parts.inner)
+    message, booked, headers = yield from _attempts(parts.guard, plan, send)
+    usage = _Usage.of_message(message)
+    yield from _finish(parts.guard, booked, plan, usage, headers, headers_at=time.monotonic())
+    yield from _store(parts.guard, request, message)
+    return message
+
+
+def _parse(parts: _Parts, request: dict[str, Any]) -> _Flow[Any]:
+    """``messages.parse``: admission, send, settle."""
+    plan = yield from _plan(parts, request)
+    send = functools.partial(_send_parse, parts.inner)
+    message, booked, _ = yield from _attempts(parts.guard, plan, send)
+    usage = _Usage.of_message(message)
+    yield from _finish(parts.guard, booked, plan, usage, None, headers_at=time.monotonic())
+    return message
+
+
+def _open_events(parts: _Parts, request: dict[str, Any]) -> _Flow[tuple[Any, _Meter]]:
+    """``messages.create(stream=True)``: the SDK's open stream and its meter."""
+    plan = yield from _plan(parts, request)
+    send = functools.partial(_send_events, parts.inner)
+    stream, booked, headers = yield from _attempts(parts.guard, plan, send)
+    return stream, _Meter(parts.guard, booked, plan, headers, time.monotonic())
+
+
+@dataclass
+class _Opened:
+    """A ``messages.stream`` entered: the SDK's manager and stream, and the meter."""
+
+    manager: Any
+    stream: Any
+    meter: _Meter
+
+
+def _open_stream(parts: _Parts, params: Mapping[str, Any]) -> _Flow[_Opened]:
+    """``messages.stream`` entered: admission, then the SDK's manager entered."""
+    plan = yield from _plan(parts, _request(params))
+    send = functools.partial(_send_stream, parts.inner)
+    (manager, stream), booked, headers = yield from _attempts(parts.guard, plan, send)
+    return _Opened(manager, stream, _Meter(parts.guard, booked, plan, headers, time.monotonic()))
+
+
+def _close_stream(opened: _Opened, exc_info: tuple[Any, Any, Any]) -> _Flow[None]:
+    """``messages.stream`` exited: settled from the snapshot, then the SDK's manager exited."""
+    try:
+        yield from opened.meter.finish(exc_info[1], _Usage.of_message(_snapshot(opened.stream)))
+    finally:
+        yield _Exit(opened.manager, exc_info)
+
+
+class _Meter:
+    """Settles an admitted stream once, when it ends or closes."""
+
+    def __init__(
+        self,
+        guard: Guard | AsyncGuard,
+        booked: _Booked[Any],
+        plan: _Plan,
+        headers: Mapping[str, str] | None,
+        opened_at: float,
+    ) -> None:
+        self.guard = guard
+        self.booked = booked
+        self.plan = plan
+        self.headers = headers
+        self.opened_at = opened_at
+        self.usage = _Usage()
+        """What a raw event stream used so far."""
+        self.done = False
+
+    def finish(self, error: BaseException | None, usage: _Usage | None = None) -> _Flow[None]:
+        if self.done:
+            return
+        self.done = True
+        yield from _finish(
+            self.guard,
+            self.booked,
+            self.plan,
+            self.usage if usage is None else usage,
+            self.headers,
+            headers_at=self.opened_at,
+            streamed=True,
+            error=error,
+        )
+
+
+MeteredT = TypeVar("MeteredT", bound="_MeteredStream | _AsyncMeteredStream")
+
+
+def _metered(cls: Callable[..., MeteredT], stream: Any, meter: _Meter) -> MeteredT:
+    """The SDK's open ``stream`` as a ``cls`` (the same response), settled by ``meter``."""
+    metered = cls(
+        cast_to=stream._cast_to,
+        response=stream.response,
+        client=stream._client,
+        options=stream._options,
+    )
+    metered._meter = meter
+    return metered
+
+
+# -- the quotas ---------------------------------------------------------------------------
+
+ClientT = TypeVar("ClientT")
+CacheT = TypeVar("CacheT")
+LimiterT = TypeVar("LimiterT")
+GroupT = TypeVar("GroupT")
+
+
+class _Quotas(Generic[ClientT, CacheT, LimiterT, GroupT]):
+    """A guard's limiters, built and looked up the same way for both shells."""
 
     def __init__(
         self,
         config: _Config,
-        redis_client: SyncClient,
+        redis_client: ClientT,
         *,
-        cache: ResponseCache | None,
+        cache: CacheT | None,
         policy: ModelPolicy | None,
         on_alert: Callable[[_core.Alert], object] | None,
         owns_redis: bool = False,
@@ -779,10 +1224,10 @@ class Guard:
         self._owns_redis = owns_redis
         self.cache = cache
         self.policy = policy
-        self.budget: Limiter | None = None
+        self.budget: LimiterT | None = None
         """The budget's limiter (ledger, spend, alerts), or None without a budget."""
         if config.budget is not None:
-            self.budget = Limiter(
+            self.budget = self._new_limiter(
                 redis_client,
                 config.budget_name,
                 slot=config.name,
@@ -791,11 +1236,11 @@ class Guard:
                 pricing=config.pricing,
                 usd=config.budget,
             )
-        self._limiters: dict[str, Limiter] = {}
-        self._quotas: dict[str, Limiter | LimiterGroup] = {}
+        self._limiters: dict[str, LimiterT] = {}
+        self._quotas: dict[str, LimiterT | GroupT] = {}
         for family, rates in config.limits.items():
             dimensions: dict[str, Any] = dict(rates)
-            limiter = Limiter(
+            limiter = self._new_limiter(
                 redis_client,
                 config.scope_name(family),
                 slot=config.name,
@@ -805,59 +1250,89 @@ class Guard:
             )
             self._limiters[family] = limiter
             self._quotas[family] = (
-                limiter if self.budget is None else LimiterGroup(limiter, self.budget)
+                limiter if self.budget is None else self._new_group(limiter, self.budget)
             )
         # Every family in one slot: their levels come back from one script call.
-        self._all = LimiterGroup(*self._limiters.values())
+        self._all = self._new_group(*self._limiters.values())
+
+    def family(self, model: str) -> str:
+        """The ``limits`` key governing ``model`` (raises :class:`NoQuotaForModel`)."""
+        return self.config.family(model)
+
+    def limiter(self, model: str) -> LimiterT:
+        """The rate limiter of ``model``'s family (a model ID or a ``limits`` key)."""
+        key = model if model in self._limiters else self.family(model)
+        return self._limiters[key]
+
+    def quota(self, model: str) -> LimiterT | GroupT:
+        """What admission books for ``model``: its family's limiter, with the budget."""
+        key = model if model in self._quotas else self.family(model)
+        return self._quotas[key]
+
+    def _grouped(self) -> bool:
+        return len(self._limiters) > 1
+
+    def _new_limiter(self, *args: Any, **kwargs: Any) -> LimiterT:
+        raise NotImplementedError
+
+    def _new_group(self, *limiters: LimiterT) -> GroupT:
+        raise NotImplementedError
+
+
+# -- the synchronous client ------------------------------------------------------------
+
+
+class Guard(_Quotas[SyncClient, ResponseCache, Limiter, LimiterGroup]):
+    """The quotas a wrapped ``Anthropic`` client books against, shared by its copies.
+
+    One :class:`~ratelimit.Limiter` per ``limits`` entry, named
+    ``f"{name}:{family}"``, and with a budget one more, ``f"{name}:budget"``; all
+    in one slot, so a family and the budget are checked by one script call.
+    """
+
+    def _new_limiter(self, *args: Any, **kwargs: Any) -> Limiter:
+        return Limiter(*args, **kwargs)
+
+    def _new_group(self, *limiters: Limiter) -> LimiterGroup:
+        return LimiterGroup(*limiters)
 
     def levels(self) -> dict[str, dict[str, float]]:
         """Each family's bucket levels now, in units, by dimension (one script call)."""
-        return _levels(self.config, self._all.state(), len(self._limiters) > 1)
+        return _levels(self.config, self._all.state(), self._grouped())
+
+    def _level_reader(self) -> Callable[[], dict[str, dict[str, float]]]:
+        """``levels``, read on the first call only (a policy may never ask)."""
+        levels: dict[str, dict[str, float]] = {}
+
+        def read() -> dict[str, dict[str, float]]:
+            if not levels:
+                levels.update(self.levels())
+            return levels
+
+        return read
 
     def close(self) -> None:
         """Close the Redis client if ``wrap`` made it from a URL (else it is the caller's)."""
         if self._owns_redis:
             self.redis.close()
 
-    def family(self, model: str) -> str:
-        """The ``limits`` key governing ``model`` (raises :class:`NoQuotaForModel`)."""
-        return self.config.family(model)
 
-    def limiter(self, model: str) -> Limiter:
-        """The rate limiter of ``model``'s family (a model ID or a ``limits`` key)."""
-        key = model if model in self._limiters else self.family(model)
-        return self._limiters[key]
-
-    def quota(self, model: str) -> Limiter | LimiterGroup:
-        """What admission books for ``model``: its family's limiter, with the budget."""
-        key = model if model in self._quotas else self.family(model)
-        return self._quotas[key]
+GuardT = TypeVar("GuardT", bound="_Quotas[Any, Any, Any, Any]")
 
 
-class LimitedMessages(Messages):
-    """``client.messages`` of a wrapped client: ``create``, ``stream`` and ``parse``
-    go through the limiter; ``count_tokens``, ``batches`` and the raw-response
-    variants are the real client's, unmetered."""
+class _Metering(Generic[ClientT, GuardT]):
+    """What both wrapped ``messages`` share: the real client, a copy of it without
+    retries, the guard; the raw-response variants are the real client's."""
 
-    def __init__(self, client: anthropic.Anthropic, guard: Guard) -> None:
-        super().__init__(client)
+    def __init__(self, client: ClientT, guard: GuardT) -> None:
+        cast(Any, super()).__init__(client)  # the SDK's Messages or AsyncMessages
         self._real = client
         self._guard = guard
         # Every retry must pass the limiter, so the SDK's own retries are off here.
-        self._inner = client.with_options(max_retries=0)
+        self._inner = cast(Any, client).with_options(max_retries=0)
+        self._parts = _Parts(cast("Guard | AsyncGuard", guard), client, self._inner)
 
-    # Hidden from the type checker, which sees the SDK's own overloads instead: the
-    # wrapper takes and returns exactly what the SDK does.
     if not TYPE_CHECKING:
-
-        def create(self, **params):
-            return self._create(params)
-
-        def stream(self, **params):
-            return _StreamManager(self, params)
-
-        def parse(self, **params):
-            return self._parse(params)
 
         @property
         def with_raw_response(self):
@@ -868,319 +1343,43 @@ class LimitedMessages(Messages):
             return self._real.messages.with_streaming_response
 
     @property
-    def guard(self) -> Guard:
+    def guard(self) -> GuardT:
         """The quotas this client books against."""
         return self._guard
 
-    # -- the calls ------------------------------------------------------------------
+
+class LimitedMessages(_Metering[anthropic.Anthropic, Guard], Messages):
+    """``client.messages`` of a wrapped client: ``create``, ``stream`` and ``parse``
+    go through the limiter; ``count_tokens``, ``batches`` and the raw-response
+    variants are the real client's, unmetered."""
+
+    # Hidden from the type checker, which sees the SDK's own overloads instead: the
+    # wrapper takes and returns exactly what the SDK does.
+    if not TYPE_CHECKING:
+
+        def create(self, **params):
+            return self._create(params)
+
+        def stream(self, **params):
+            return _StreamManager(self._parts, params)
+
+        def parse(self, **params):
+            return _run(_parse(self._parts, _request(params)))
 
     def _create(
         self, params: Mapping[str, Any]
     ) -> Message | anthropic.Stream[RawMessageStreamEvent]:
         request = _request(params)
-        if request.get("stream") is True:
-            return self._event_stream(request)
-        hit = self._cached(request)
-        if hit is not None:
-            return hit
-        plan = self._plan(request)
-
-        def send(body: dict[str, Any]) -> tuple[Message, Mapping[str, str]]:
-            raw = self._inner.messages.with_raw_response.create(**body)
-            return raw.parse(), raw.headers
-
-        message, booked, headers = self._attempts(plan, send)
-        self._finish(booked, plan, _Usage.of_message(message), headers, time.monotonic())
-        self._store(request, message)
-        return message
-
-    def _parse(self, params: Mapping[str, Any]) -> Any:
-        plan = self._plan(_request(params))
-
-        def send(body: dict[str, Any]) -> tuple[Any, None]:
-            return self._inner.messages.parse(**body), None
-
-        message, booked, _ = self._attempts(plan, send)
-        self._finish(booked, plan, _Usage.of_message(message), None, time.monotonic())
-        return message
-
-    def _event_stream(self, request: dict[str, Any]) -> anthropic.Stream[RawMessageStreamEvent]:
-        plan = self._plan(request)
-
-        def send(body: dict[str, Any]) -> tuple[anthropic.Stream[RawMessageStreamEvent], Any]:
-            stream = cast(
-                "anthropic.Stream[RawMessageStreamEvent]", self._inner.messages.create(**body)
-            )
-            return stream, _headers_of(stream)
-
-        stream, booked, headers = self._attempts(plan, send)
-        meter = _Meter(self, booked, plan, headers, time.monotonic())
-        return _MeteredStream.of(stream, meter)
-
-    # -- planning and admission --------------------------------------------------------
-
-    def _plan(self, request: dict[str, Any]) -> _Plan:
-        model, max_tokens = _model_and_max_tokens(request)
-        config = self._guard.config
-        exact = config.estimate == "count_tokens"
-        tokens: int | None = None
-        if exact:
-            try:
-                tokens = self._real.messages.count_tokens(**_count_request(request)).input_tokens
-            except anthropic.APIError as exc:
-                # The count only sharpens the reservation; the call itself will tell.
-                log.warning("count_tokens failed (%s); using the local estimate", exc)
-                exact = False
-        if tokens is None:
-            tokens = estimate_input_tokens(request)
-        plan = _Plan(request, tokens, exact, max_tokens)
-        policy = self._guard.policy
-        if policy is None:
-            plan.candidates = [model]
-            config.family(model)  # an unknown model fails here, before anything is sent
-        else:
-            plan.candidates = _candidates(policy.choose(request, self._routing(plan)))
-        return plan
-
-    def _routing(self, plan: _Plan) -> RoutingContext:
-        guard = self._guard
-        budget = None
-        if guard.budget is not None:
-            budget = guard.budget.state().budget("usd")
-
-        levels: dict[str, dict[str, float]] = {}
-
-        def can_admit(model: str) -> bool:
-            if not levels:  # read on the policy's first question only
-                levels.update(guard.levels())
-            family = guard.family(model)
-            costs = guard.config.costs(model, family, plan)
-            return guard.config.fits(family, costs, levels[family])
-
-        return RoutingContext(budget=budget, can_admit=can_admit)
-
-    def _admit(self, plan: _Plan) -> _Booked[Permit]:
-        """The first candidate whose quota admits within the policy's wait bound.
-
-        Every candidate but the last is given ``policy.max_wait_s`` seconds (and
-        is passed over when its budget cannot take the call); the last waits as
-        long as ``acquire_timeout`` allows.
-        """
-        guard = self._guard
-        last = len(plan.candidates) - 1
-        for i, model in enumerate(plan.candidates):
-            family = guard.family(model)
-            costs = guard.config.costs(model, family, plan)
-            timeout = guard.config.acquire_timeout
-            if i < last and guard.policy is not None:
-                timeout = _shorter(guard.policy.max_wait_s, timeout)
-            try:
-                permit = guard.quota(family).acquire(timeout, model=model, **costs)
-            except (AcquireTimeout, BudgetExceeded):
-                if i == last:
-                    raise
-                continue
-            return _Booked(model, family, permit)
-        raise AssertionError("unreachable: a plan has at least one candidate")
-
-    def _attempts(
-        self, plan: _Plan, send: Callable[[dict[str, Any]], tuple[R, Mapping[str, str] | None]]
-    ) -> tuple[R, _Booked[Permit], Mapping[str, str] | None]:
-        """Admit, send, and on a retryable failure give the permit back and go again."""
-        attempt = 0
-        while True:
-            attempt += 1
-            booked = self._admit(plan)
-            try:
-                result, headers = send({**plan.request, "model": booked.model})
-            except Exception as exc:
-                self._cancel(booked)
-                retry = _retry(exc, attempt, self._guard.config.max_attempts)
-                if retry.hold_s is not None and isinstance(exc, anthropic.APIStatusError):
-                    self._hold(booked, exc.response.headers, retry.hold_s)
-                if not retry.again:
-                    raise
-                log.info("attempt %d to %s failed (%s); retrying", attempt, booked.model, exc)
-                if retry.sleep_s > 0:
-                    time.sleep(retry.sleep_s)
-                continue
-            except BaseException:
-                self._cancel(booked)
-                raise
-            return result, booked, headers
-
-    # -- settling and feedback ---------------------------------------------------------
-
-    def _cancel(self, booked: _Booked[Permit]) -> None:
-        try:
-            booked.permit.cancel()
-        except LimiterError:
-            log.exception("could not cancel permit %s; its lease will", booked.permit.id)
-
-    def _hold(self, booked: _Booked[Permit], headers: Mapping[str, str], hold_s: float) -> None:
-        """After a 429: every process backs off for ``hold_s`` seconds."""
-        config = self._guard.config
-        remaining = config.remaining(booked.family, headers)
-        try:
-            self._guard.limiter(booked.family).observe(retry_after=hold_s, **remaining)
-        except LimiterError:
-            log.exception("could not pass a 429 on to the shared limiter")
-
-    def _finish(
-        self,
-        booked: _Booked[Permit],
-        plan: _Plan,
-        usage: _Usage,
-        headers: Mapping[str, str] | None,
-        headers_at: float,
-        *,
-        streamed: bool = False,
-        error: BaseException | None = None,
-    ) -> None:
-        """Settle a call that went out, then lower the buckets to the provider's figures.
-
-        In that order: a settle gives back what was over-reserved, which must not
-        lift a bucket above what the provider says is left. A stream's headers
-        were written before its output was charged (``streamed``); ``error`` is
-        what ended a stream, if anything did.
-        """
-        permit, config = booked.permit, self._guard.config
-        output = 0
-        try:
-            if not usage.started:
-                if isinstance(error, anthropic.APIError):
-                    permit.cancel()  # the API failed before a token: nothing was used
-                    return
-                # The request went out but no usage came back: charged as reserved.
-                permit.settle(model=booked.model, tags=_tags(headers))
-            else:
-                actual = _actual(config, booked.family, usage, plan.max_tokens)
-                output = usage.output_so_far(plan.max_tokens)
-                self._settle(permit, booked.model, actual, usage.priced(plan.max_tokens), headers)
-        except LimiterError:
-            log.exception("could not settle permit %s; its lease will", permit.id)
-        if headers is not None:
-            age = time.monotonic() - headers_at
-            pending = output if streamed else 0
-            remaining = config.remaining(booked.family, headers, age_s=age, pending_output=pending)
-            if remaining:
-                try:
-                    self._guard.limiter(booked.family).observe(**remaining)
-                except LimiterError:
-                    log.exception("could not pass the rate-limit headers on")
-
-    def _settle(
-        self,
-        permit: Permit,
-        model: str,
-        actual: dict[str, Any],
-        usage: object,
-        headers: Mapping[str, str] | None,
-    ) -> None:
-        try:
-            permit.settle(model=model, usage=usage, tags=_tags(headers), **actual)
-        except InvalidArgument as exc:
-            # A usage the price table cannot price (fast mode, a new model): charge
-            # the budget what it reserved rather than leave the permit to its lease.
-            log.warning(
-                "could not price the usage of %s (%s); charging the reservation", model, exc
-            )
-            reserved = permit.reserved.get("usd")
-            extra = {} if reserved is None else {"usd": reserved}
-            permit.settle(model=model, tags=_tags(headers), **actual, **extra)
-
-    # -- the response cache ------------------------------------------------------------
-
-    def _cached(self, request: dict[str, Any]) -> Message | None:
-        cache = self._guard.cache
-        if cache is None:
-            return None
-        try:
-            found = cache.get(request)
-        except InvalidArgument as exc:
-            log.debug("request not cacheable: %s", exc)
-            return None
-        except LimiterError:
-            log.exception("the response cache is unavailable; calling the API")
-            return None
-        if found is None:
-            return None
-        message = Message.model_validate(found)
-        self._record_saving(request, message)
-        return message
-
-    def _record_saving(self, request: Mapping[str, Any], message: Message) -> None:
-        guard = self._guard
-        if guard.budget is None:
-            return
-        model = str(request["model"])
-        try:
-            saved = guard.config.pricing.cost(model, message.usage)
-            guard.budget.record_saving(saved, model=model, tokens=token_counts(message.usage))
-        except LimiterError:
-            log.exception("could not record what a cached response saved")
-
-    def _store(self, request: dict[str, Any], message: Message) -> None:
-        cache = self._guard.cache
-        if cache is None:
-            return
-        try:
-            cache.put(request, message.model_dump(mode="json"))
-        except InvalidArgument:
-            pass  # not cacheable (logged on the lookup)
-        except LimiterError:
-            log.exception("could not store a response in the cache")
-
-
-class _Meter:
-    """Settles a raw event stream (``create(stream=True)``) once, when it ends or closes."""
-
-    def __init__(
-        self,
-        owner: LimitedMessages,
-        booked: _Booked[Permit],
-        plan: _Plan,
-        headers: Mapping[str, str] | None,
-        opened_at: float,
-    ) -> None:
-        self.owner = owner
-        self.booked = booked
-        self.plan = plan
-        self.headers = headers
-        self.opened_at = opened_at
-        self.usage = _Usage()
-        self.done = False
-
-    def finish(self, error: BaseException | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.owner._finish(
-            self.booked,
-            self.plan,
-            self.usage,
-            self.headers,
-            self.opened_at,
-            streamed=True,
-            error=error,
-        )
+        if request.get("stream") is not True:
+            return _run(_create(self._parts, request))
+        stream, meter = _run(_open_events(self._parts, request))
+        return _metered(_MeteredStream, stream, meter)
 
 
 class _MeteredStream(anthropic.Stream[RawMessageStreamEvent]):
     """The SDK's event stream, following usage as it goes and settling at the end."""
 
     _meter: _Meter
-
-    @classmethod
-    def of(cls, stream: anthropic.Stream[RawMessageStreamEvent], meter: _Meter) -> _MeteredStream:
-        metered = cls(
-            cast_to=stream._cast_to,
-            response=stream.response,
-            client=stream._client,
-            options=stream._options,
-        )
-        metered._meter = meter
-        return metered
 
     def __stream__(self) -> Iterator[RawMessageStreamEvent]:
         error: BaseException | None = None
@@ -1192,14 +1391,14 @@ class _MeteredStream(anthropic.Stream[RawMessageStreamEvent]):
             error = exc
             raise
         finally:
-            self._meter.finish(error)
+            _run(self._meter.finish(error))
 
     def close(self) -> None:
         """Close the response and settle what the stream used so far."""
         try:
             super().close()
         finally:
-            self._meter.finish(None)
+            _run(self._meter.finish(None))
 
 
 def _not_used() -> anthropic.Stream[RawMessageStreamEvent]:
@@ -1209,32 +1408,18 @@ def _not_used() -> anthropic.Stream[RawMessageStreamEvent]:
 class _StreamManager(MessageStreamManager[Any]):
     """``messages.stream(...)``: admitted on enter, settled from the snapshot on exit."""
 
-    def __init__(self, owner: LimitedMessages, params: Mapping[str, Any]) -> None:
+    def __init__(self, parts: _Parts, params: Mapping[str, Any]) -> None:
         # The parent's request is never made: entering is ours (admission, retries),
         # and the stream is the real SDK's.
         super().__init__(_not_used, output_format=anthropic.not_given)
-        self._owner = owner
+        self._parts = parts
         self._params = params
-        self._opened: tuple[MessageStreamManager[Any], MessageStream[Any]] | None = None
-        self._booked: _Booked[Permit] | None = None
-        self._plan: _Plan | None = None
-        self._headers: Mapping[str, str] | None = None
-        self._opened_at = 0.0
+        self._opened: _Opened | None = None
 
     def __enter__(self) -> MessageStream[Any]:
-        owner = self._owner
-        plan = owner._plan(_request(self._params))
-
-        def send(
-            body: dict[str, Any],
-        ) -> tuple[tuple[MessageStreamManager[Any], MessageStream[Any]], Mapping[str, str]]:
-            manager: MessageStreamManager[Any] = owner._inner.messages.stream(**body)
-            stream = manager.__enter__()
-            return (manager, stream), _headers_of(stream)
-
-        opened, self._booked, self._headers = owner._attempts(plan, send)
-        self._opened, self._plan, self._opened_at = opened, plan, time.monotonic()
-        return opened[1]
+        self._opened = _run(_open_stream(self._parts, self._params))
+        stream: MessageStream[Any] = self._opened.stream
+        return stream
 
     def __exit__(
         self,
@@ -1242,22 +1427,45 @@ class _StreamManager(MessageStreamManager[Any]):
         exc: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        if self._opened is None or self._booked is None or self._plan is None:
-            return
-        manager, stream = self._opened
-        try:
-            self._owner._finish(
-                self._booked,
-                self._plan,
-                _Usage.of_message(_snapshot(stream)),
-                self._headers,
-                self._opened_at,
-                streamed=True,
-                error=exc,
-            )
-        finally:
-            self._opened = None
-            manager.__exit__(exc_type, exc, exc_tb)
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            _run(_close_stream(opened, (exc_type, exc, exc_tb)))
+
+
+MessagesT = TypeVar("MessagesT")
+
+
+class _Wrapper(Generic[ClientT, GuardT, MessagesT]):
+    """What both wrapped clients are: the real client, its guard and metered messages."""
+
+    def __init__(self, client: ClientT, guard: GuardT, messages: MessagesT, *, owner: bool) -> None:
+        self._wrapped = client
+        self._guard = guard
+        self._owner = owner
+        self._messages = messages
+
+    @property
+    def messages(self) -> MessagesT:
+        """The Messages API, metered."""
+        return self._messages
+
+    @property
+    def guard(self) -> GuardT:
+        """The quotas this client books against."""
+        return self._guard
+
+    @property
+    def wrapped(self) -> ClientT:
+        """The real client (unmetered)."""
+        return self._wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_wrapped", "_guard", "_owner", "_messages"):
+            raise AttributeError(name)
+        return getattr(self._wrapped, name)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._guard.config.name!r} over {self._wrapped!r}>"
 
 
 if TYPE_CHECKING:
@@ -1268,7 +1476,7 @@ else:
     _AsyncBase = object
 
 
-class LimitedAnthropic(_SyncBase):
+class LimitedAnthropic(_Wrapper[anthropic.Anthropic, Guard, LimitedMessages], _SyncBase):
     """An ``anthropic.Anthropic`` whose Messages calls pass the shared limiter.
 
     Typed as the SDK client; at run time everything but ``messages``,
@@ -1277,36 +1485,13 @@ class LimitedAnthropic(_SyncBase):
     """
 
     def __init__(self, client: anthropic.Anthropic, guard: Guard, *, owner: bool = True) -> None:
-        self._wrapped = client
-        self._guard = guard
-        self._owner = owner
-        self._messages = LimitedMessages(client, guard)
-
-    @property
-    def messages(self) -> LimitedMessages:
-        """The Messages API, metered."""
-        return self._messages
-
-    @property
-    def guard(self) -> Guard:
-        """The quotas this client books against."""
-        return self._guard
-
-    @property
-    def wrapped(self) -> anthropic.Anthropic:
-        """The real client (unmetered)."""
-        return self._wrapped
+        super().__init__(client, guard, LimitedMessages(client, guard), owner=owner)
 
     def with_options(self, **options: Any) -> LimitedAnthropic:
         """The real client's ``with_options(...)``, wrapped under the same limits."""
         return LimitedAnthropic(self._wrapped.with_options(**options), self._guard, owner=False)
 
     copy = with_options
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_wrapped", "_guard", "_owner", "_messages"):
-            raise AttributeError(name)
-        return getattr(self._wrapped, name)
 
     def close(self) -> None:
         """Close the real client, and the Redis client ``wrap`` made from a URL.
@@ -1331,96 +1516,38 @@ class LimitedAnthropic(_SyncBase):
     ) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"<LimitedAnthropic {self._guard.config.name!r} over {self._wrapped!r}>"
-
 
 # -- the asyncio client ---------------------------------------------------------------
 
 
-class AsyncGuard:
+class AsyncGuard(
+    _Quotas[rl_asyncio.AsyncClient, AsyncResponseCache, rl_asyncio.Limiter, rl_asyncio.LimiterGroup]
+):
     """The asyncio twin of :class:`Guard`, on :mod:`ratelimit.asyncio` limiters."""
 
-    def __init__(
-        self,
-        config: _Config,
-        redis_client: rl_asyncio.AsyncClient,
-        *,
-        cache: AsyncResponseCache | None,
-        policy: ModelPolicy | None,
-        on_alert: Callable[[_core.Alert], object] | None,
-        owns_redis: bool = False,
-    ) -> None:
-        self.config = config
-        self.redis = redis_client
-        """The Redis client of every limiter here."""
-        self._owns_redis = owns_redis
-        self.cache = cache
-        self.policy = policy
-        self.budget: rl_asyncio.Limiter | None = None
-        """The budget's limiter (ledger, spend, alerts), or None without a budget."""
-        if config.budget is not None:
-            self.budget = rl_asyncio.Limiter(
-                redis_client,
-                config.budget_name,
-                slot=config.name,
-                lease_s=config.lease_s,
-                on_alert=on_alert,
-                pricing=config.pricing,
-                usd=config.budget,
-            )
-        self._limiters: dict[str, rl_asyncio.Limiter] = {}
-        self._quotas: dict[str, rl_asyncio.Limiter | rl_asyncio.LimiterGroup] = {}
-        for family, rates in config.limits.items():
-            dimensions: dict[str, Any] = dict(rates)
-            limiter = rl_asyncio.Limiter(
-                redis_client,
-                config.scope_name(family),
-                slot=config.name,
-                lease_s=config.lease_s,
-                pricing=config.pricing,
-                **dimensions,
-            )
-            self._limiters[family] = limiter
-            self._quotas[family] = (
-                limiter if self.budget is None else rl_asyncio.LimiterGroup(limiter, self.budget)
-            )
-        # Every family in one slot: their levels come back from one script call.
-        self._all = rl_asyncio.LimiterGroup(*self._limiters.values())
+    def _new_limiter(self, *args: Any, **kwargs: Any) -> rl_asyncio.Limiter:
+        return rl_asyncio.Limiter(*args, **kwargs)
+
+    def _new_group(self, *limiters: rl_asyncio.Limiter) -> rl_asyncio.LimiterGroup:
+        return rl_asyncio.LimiterGroup(*limiters)
 
     async def levels(self) -> dict[str, dict[str, float]]:
         """Each family's bucket levels now, in units, by dimension (one script call)."""
-        return _levels(self.config, await self._all.state(), len(self._limiters) > 1)
+        return _levels(self.config, await self._all.state(), self._grouped())
+
+    async def _level_reader(self) -> Callable[[], dict[str, dict[str, float]]]:
+        """``levels``, read now: a policy's ``can_admit`` is synchronous."""
+        levels = await self.levels()
+        return lambda: levels
 
     async def close(self) -> None:
         """Close the Redis client if ``wrap`` made it from a URL (else it is the caller's)."""
         if self._owns_redis:
             await self.redis.aclose()
 
-    def family(self, model: str) -> str:
-        """The ``limits`` key governing ``model`` (raises :class:`NoQuotaForModel`)."""
-        return self.config.family(model)
 
-    def limiter(self, model: str) -> rl_asyncio.Limiter:
-        """The rate limiter of ``model``'s family (a model ID or a ``limits`` key)."""
-        key = model if model in self._limiters else self.family(model)
-        return self._limiters[key]
-
-    def quota(self, model: str) -> rl_asyncio.Limiter | rl_asyncio.LimiterGroup:
-        """What admission books for ``model``: its family's limiter, with the budget."""
-        key = model if model in self._quotas else self.family(model)
-        return self._quotas[key]
-
-
-class AsyncLimitedMessages(AsyncMessages):
+class AsyncLimitedMessages(_Metering[anthropic.AsyncAnthropic, AsyncGuard], AsyncMessages):
     """The asyncio twin of :class:`LimitedMessages`."""
-
-    def __init__(self, client: anthropic.AsyncAnthropic, guard: AsyncGuard) -> None:
-        super().__init__(client)
-        self._real = client
-        self._guard = guard
-        # Every retry must pass the limiter, so the SDK's own retries are off here.
-        self._inner = client.with_options(max_retries=0)
 
     # Hidden from the type checker, which sees the SDK's own overloads instead.
     if not TYPE_CHECKING:
@@ -1429,328 +1556,25 @@ class AsyncLimitedMessages(AsyncMessages):
             return await self._create(params)
 
         def stream(self, **params):
-            return _AsyncStreamManager(self, params)
+            return _AsyncStreamManager(self._parts, params)
 
         async def parse(self, **params):
-            return await self._parse(params)
-
-        @property
-        def with_raw_response(self):
-            return self._real.messages.with_raw_response
-
-        @property
-        def with_streaming_response(self):
-            return self._real.messages.with_streaming_response
-
-    @property
-    def guard(self) -> AsyncGuard:
-        """The quotas this client books against."""
-        return self._guard
-
-    # -- the calls ------------------------------------------------------------------
+            return await _arun(_parse(self._parts, _request(params)))
 
     async def _create(
         self, params: Mapping[str, Any]
     ) -> Message | anthropic.AsyncStream[RawMessageStreamEvent]:
         request = _request(params)
-        if request.get("stream") is True:
-            return await self._event_stream(request)
-        hit = await self._cached(request)
-        if hit is not None:
-            return hit
-        plan = await self._plan(request)
-
-        async def send(body: dict[str, Any]) -> tuple[Message, Mapping[str, str]]:
-            raw = await self._inner.messages.with_raw_response.create(**body)
-            return await raw.parse(), raw.headers
-
-        message, booked, headers = await self._attempts(plan, send)
-        await self._finish(booked, plan, _Usage.of_message(message), headers, time.monotonic())
-        await self._store(request, message)
-        return message
-
-    async def _parse(self, params: Mapping[str, Any]) -> Any:
-        plan = await self._plan(_request(params))
-
-        async def send(body: dict[str, Any]) -> tuple[Any, None]:
-            return await self._inner.messages.parse(**body), None
-
-        message, booked, _ = await self._attempts(plan, send)
-        await self._finish(booked, plan, _Usage.of_message(message), None, time.monotonic())
-        return message
-
-    async def _event_stream(
-        self, request: dict[str, Any]
-    ) -> anthropic.AsyncStream[RawMessageStreamEvent]:
-        plan = await self._plan(request)
-
-        async def send(
-            body: dict[str, Any],
-        ) -> tuple[anthropic.AsyncStream[RawMessageStreamEvent], Any]:
-            stream = cast(
-                "anthropic.AsyncStream[RawMessageStreamEvent]",
-                await self._inner.messages.create(**body),
-            )
-            return stream, _headers_of(stream)
-
-        stream, booked, headers = await self._attempts(plan, send)
-        meter = _AsyncMeter(self, booked, plan, headers, time.monotonic())
-        return _AsyncMeteredStream.of(stream, meter)
-
-    # -- planning and admission --------------------------------------------------------
-
-    async def _plan(self, request: dict[str, Any]) -> _Plan:
-        model, max_tokens = _model_and_max_tokens(request)
-        config = self._guard.config
-        exact = config.estimate == "count_tokens"
-        tokens: int | None = None
-        if exact:
-            try:
-                counted = await self._real.messages.count_tokens(**_count_request(request))
-                tokens = counted.input_tokens
-            except anthropic.APIError as exc:
-                log.warning("count_tokens failed (%s); using the local estimate", exc)
-                exact = False
-        if tokens is None:
-            tokens = estimate_input_tokens(request)
-        plan = _Plan(request, tokens, exact, max_tokens)
-        policy = self._guard.policy
-        if policy is None:
-            plan.candidates = [model]
-            config.family(model)
-        else:
-            ctx = await self._routing(plan)
-            plan.candidates = _candidates(policy.choose(request, ctx))
-        return plan
-
-    async def _routing(self, plan: _Plan) -> RoutingContext:
-        guard = self._guard
-        budget = None
-        if guard.budget is not None:
-            budget = (await guard.budget.state()).budget("usd")
-        # A policy's can_admit is synchronous: the levels are read up front.
-        levels = await guard.levels()
-
-        def can_admit(model: str) -> bool:
-            family = guard.family(model)
-            costs = guard.config.costs(model, family, plan)
-            return guard.config.fits(family, costs, levels[family])
-
-        return RoutingContext(budget=budget, can_admit=can_admit)
-
-    async def _admit(self, plan: _Plan) -> _Booked[rl_asyncio.Permit]:
-        """See :meth:`LimitedMessages._admit`."""
-        guard = self._guard
-        last = len(plan.candidates) - 1
-        for i, model in enumerate(plan.candidates):
-            family = guard.family(model)
-            costs = guard.config.costs(model, family, plan)
-            timeout = guard.config.acquire_timeout
-            if i < last and guard.policy is not None:
-                timeout = _shorter(guard.policy.max_wait_s, timeout)
-            try:
-                permit = await guard.quota(family).acquire(timeout, model=model, **costs)
-            except (AcquireTimeout, BudgetExceeded):
-                if i == last:
-                    raise
-                continue
-            return _Booked(model, family, permit)
-        raise AssertionError("unreachable: a plan has at least one candidate")
-
-    async def _attempts(
-        self,
-        plan: _Plan,
-        send: Callable[[dict[str, Any]], Coroutine[Any, Any, tuple[R, Mapping[str, str] | None]]],
-    ) -> tuple[R, _Booked[rl_asyncio.Permit], Mapping[str, str] | None]:
-        """Admit, send, and on a retryable failure give the permit back and go again."""
-        attempt = 0
-        while True:
-            attempt += 1
-            booked = await self._admit(plan)
-            try:
-                result, headers = await send({**plan.request, "model": booked.model})
-            except Exception as exc:
-                await self._cancel(booked)
-                retry = _retry(exc, attempt, self._guard.config.max_attempts)
-                if retry.hold_s is not None and isinstance(exc, anthropic.APIStatusError):
-                    await self._hold(booked, exc.response.headers, retry.hold_s)
-                if not retry.again:
-                    raise
-                log.info("attempt %d to %s failed (%s); retrying", attempt, booked.model, exc)
-                if retry.sleep_s > 0:
-                    await asyncio.sleep(retry.sleep_s)
-                continue
-            except BaseException:
-                # Cancelled while the request was out: give the permit back regardless.
-                await asyncio.shield(self._cancel(booked))
-                raise
-            return result, booked, headers
-
-    # -- settling and feedback ---------------------------------------------------------
-
-    async def _cancel(self, booked: _Booked[rl_asyncio.Permit]) -> None:
-        try:
-            await booked.permit.cancel()
-        except LimiterError:
-            log.exception("could not cancel permit %s; its lease will", booked.permit.id)
-
-    async def _hold(
-        self, booked: _Booked[rl_asyncio.Permit], headers: Mapping[str, str], hold_s: float
-    ) -> None:
-        remaining = self._guard.config.remaining(booked.family, headers)
-        try:
-            await self._guard.limiter(booked.family).observe(retry_after=hold_s, **remaining)
-        except LimiterError:
-            log.exception("could not pass a 429 on to the shared limiter")
-
-    async def _finish(
-        self,
-        booked: _Booked[rl_asyncio.Permit],
-        plan: _Plan,
-        usage: _Usage,
-        headers: Mapping[str, str] | None,
-        headers_at: float,
-        *,
-        streamed: bool = False,
-        error: BaseException | None = None,
-    ) -> None:
-        """See :meth:`LimitedMessages._finish`."""
-        permit, config = booked.permit, self._guard.config
-        output = 0
-        try:
-            if not usage.started:
-                if isinstance(error, anthropic.APIError):
-                    await permit.cancel()
-                    return
-                await permit.settle(model=booked.model, tags=_tags(headers))
-            else:
-                actual = _actual(config, booked.family, usage, plan.max_tokens)
-                output = usage.output_so_far(plan.max_tokens)
-                await self._settle(
-                    permit, booked.model, actual, usage.priced(plan.max_tokens), headers
-                )
-        except LimiterError:
-            log.exception("could not settle permit %s; its lease will", permit.id)
-        if headers is not None:
-            age = time.monotonic() - headers_at
-            pending = output if streamed else 0
-            remaining = config.remaining(booked.family, headers, age_s=age, pending_output=pending)
-            if remaining:
-                try:
-                    await self._guard.limiter(booked.family).observe(**remaining)
-                except LimiterError:
-                    log.exception("could not pass the rate-limit headers on")
-
-    async def _settle(
-        self,
-        permit: rl_asyncio.Permit,
-        model: str,
-        actual: dict[str, Any],
-        usage: object,
-        headers: Mapping[str, str] | None,
-    ) -> None:
-        try:
-            await permit.settle(model=model, usage=usage, tags=_tags(headers), **actual)
-        except InvalidArgument as exc:
-            log.warning(
-                "could not price the usage of %s (%s); charging the reservation", model, exc
-            )
-            reserved = permit.reserved.get("usd")
-            extra = {} if reserved is None else {"usd": reserved}
-            await permit.settle(model=model, tags=_tags(headers), **actual, **extra)
-
-    # -- the response cache ------------------------------------------------------------
-
-    async def _cached(self, request: dict[str, Any]) -> Message | None:
-        cache = self._guard.cache
-        if cache is None:
-            return None
-        try:
-            found = await cache.get(request)
-        except InvalidArgument as exc:
-            log.debug("request not cacheable: %s", exc)
-            return None
-        except LimiterError:
-            log.exception("the response cache is unavailable; calling the API")
-            return None
-        if found is None:
-            return None
-        message = Message.model_validate(found)
-        guard = self._guard
-        if guard.budget is not None:
-            model = str(request["model"])
-            try:
-                saved = guard.config.pricing.cost(model, message.usage)
-                await guard.budget.record_saving(
-                    saved, model=model, tokens=token_counts(message.usage)
-                )
-            except LimiterError:
-                log.exception("could not record what a cached response saved")
-        return message
-
-    async def _store(self, request: dict[str, Any], message: Message) -> None:
-        cache = self._guard.cache
-        if cache is None:
-            return
-        try:
-            await cache.put(request, message.model_dump(mode="json"))
-        except InvalidArgument:
-            pass  # not cacheable (logged on the lookup)
-        except LimiterError:
-            log.exception("could not store a response in the cache")
-
-
-class _AsyncMeter:
-    """The asyncio twin of :class:`_Meter`."""
-
-    def __init__(
-        self,
-        owner: AsyncLimitedMessages,
-        booked: _Booked[rl_asyncio.Permit],
-        plan: _Plan,
-        headers: Mapping[str, str] | None,
-        opened_at: float,
-    ) -> None:
-        self.owner = owner
-        self.booked = booked
-        self.plan = plan
-        self.headers = headers
-        self.opened_at = opened_at
-        self.usage = _Usage()
-        self.done = False
-
-    async def finish(self, error: BaseException | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        await self.owner._finish(
-            self.booked,
-            self.plan,
-            self.usage,
-            self.headers,
-            self.opened_at,
-            streamed=True,
-            error=error,
-        )
+        if request.get("stream") is not True:
+            return await _arun(_create(self._parts, request))
+        stream, meter = await _arun(_open_events(self._parts, request))
+        return _metered(_AsyncMeteredStream, stream, meter)
 
 
 class _AsyncMeteredStream(anthropic.AsyncStream[RawMessageStreamEvent]):
     """The asyncio twin of :class:`_MeteredStream`."""
 
-    _meter: _AsyncMeter
-
-    @classmethod
-    def of(
-        cls, stream: anthropic.AsyncStream[RawMessageStreamEvent], meter: _AsyncMeter
-    ) -> _AsyncMeteredStream:
-        metered = cls(
-            cast_to=stream._cast_to,
-            response=stream.response,
-            client=stream._client,
-            options=stream._options,
-        )
-        metered._meter = meter
-        return metered
+    _meter: _Meter
 
     async def __stream__(self) -> AsyncIterator[RawMessageStreamEvent]:
         error: BaseException | None = None
@@ -1762,14 +1586,14 @@ class _AsyncMeteredStream(anthropic.AsyncStream[RawMessageStreamEvent]):
             error = exc
             raise
         finally:
-            await self._meter.finish(error)
+            await _arun(self._meter.finish(error))
 
     async def close(self) -> None:
         """Close the response and settle what the stream used so far."""
         try:
             await super().close()
         finally:
-            await self._meter.finish(None)
+            await _arun(self._meter.finish(None))
 
 
 class _NotAwaited(Awaitable["anthropic.AsyncStream[RawMessageStreamEvent]"]):
@@ -1783,34 +1607,18 @@ class _NotAwaited(Awaitable["anthropic.AsyncStream[RawMessageStreamEvent]"]):
 class _AsyncStreamManager(AsyncMessageStreamManager[Any]):
     """The asyncio twin of :class:`_StreamManager`."""
 
-    def __init__(self, owner: AsyncLimitedMessages, params: Mapping[str, Any]) -> None:
+    def __init__(self, parts: _Parts, params: Mapping[str, Any]) -> None:
         # The parent's request is never awaited: entering is ours (admission, retries),
         # and the stream is the real SDK's.
         super().__init__(_NotAwaited(), output_format=anthropic.not_given)
-        self._owner = owner
+        self._parts = parts
         self._params = params
-        self._opened: tuple[AsyncMessageStreamManager[Any], AsyncMessageStream[Any]] | None = None
-        self._booked: _Booked[rl_asyncio.Permit] | None = None
-        self._plan: _Plan | None = None
-        self._headers: Mapping[str, str] | None = None
-        self._opened_at = 0.0
+        self._opened: _Opened | None = None
 
     async def __aenter__(self) -> AsyncMessageStream[Any]:
-        owner = self._owner
-        plan = await owner._plan(_request(self._params))
-
-        async def send(
-            body: dict[str, Any],
-        ) -> tuple[
-            tuple[AsyncMessageStreamManager[Any], AsyncMessageStream[Any]], Mapping[str, str]
-        ]:
-            manager: AsyncMessageStreamManager[Any] = owner._inner.messages.stream(**body)
-            stream = await manager.__aenter__()
-            return (manager, stream), _headers_of(stream)
-
-        opened, self._booked, self._headers = await owner._attempts(plan, send)
-        self._opened, self._plan, self._opened_at = opened, plan, time.monotonic()
-        return opened[1]
+        self._opened = await _arun(_open_stream(self._parts, self._params))
+        stream: AsyncMessageStream[Any] = self._opened.stream
+        return stream
 
     async def __aexit__(
         self,
@@ -1818,49 +1626,20 @@ class _AsyncStreamManager(AsyncMessageStreamManager[Any]):
         exc: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None:
-        if self._opened is None or self._booked is None or self._plan is None:
-            return
-        manager, stream = self._opened
-        try:
-            await self._owner._finish(
-                self._booked,
-                self._plan,
-                _Usage.of_message(_snapshot(stream)),
-                self._headers,
-                self._opened_at,
-                streamed=True,
-                error=exc,
-            )
-        finally:
-            self._opened = None
-            await manager.__aexit__(exc_type, exc, exc_tb)
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            await _arun(_close_stream(opened, (exc_type, exc, exc_tb)))
 
 
-class AsyncLimitedAnthropic(_AsyncBase):
+class AsyncLimitedAnthropic(
+    _Wrapper[anthropic.AsyncAnthropic, AsyncGuard, AsyncLimitedMessages], _AsyncBase
+):
     """The asyncio twin of :class:`LimitedAnthropic`, typed as ``anthropic.AsyncAnthropic``."""
 
     def __init__(
         self, client: anthropic.AsyncAnthropic, guard: AsyncGuard, *, owner: bool = True
     ) -> None:
-        self._wrapped = client
-        self._guard = guard
-        self._owner = owner
-        self._messages = AsyncLimitedMessages(client, guard)
-
-    @property
-    def messages(self) -> AsyncLimitedMessages:
-        """The Messages API, metered."""
-        return self._messages
-
-    @property
-    def guard(self) -> AsyncGuard:
-        """The quotas this client books against."""
-        return self._guard
-
-    @property
-    def wrapped(self) -> anthropic.AsyncAnthropic:
-        """The real client (unmetered)."""
-        return self._wrapped
+        super().__init__(client, guard, AsyncLimitedMessages(client, guard), owner=owner)
 
     def with_options(self, **options: Any) -> AsyncLimitedAnthropic:
         """The real client's ``with_options(...)``, wrapped under the same limits."""
@@ -1869,11 +1648,6 @@ class AsyncLimitedAnthropic(_AsyncBase):
         )
 
     copy = with_options
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("_wrapped", "_guard", "_owner", "_messages"):
-            raise AttributeError(name)
-        return getattr(self._wrapped, name)
 
     async def close(self) -> None:
         """Close the real client, and the Redis client ``wrap`` made from a URL.
@@ -1897,9 +1671,6 @@ class AsyncLimitedAnthropic(_AsyncBase):
         exc_tb: TracebackType | None,
     ) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        return f"<AsyncLimitedAnthropic {self._guard.config.name!r} over {self._wrapped!r}>"
 
 
 # -- wrap ------------------------------------------------------------------------------
@@ -1966,7 +1737,7 @@ def wrap(
     ``redis.asyncio`` client or a URL).
 
     ``limits`` maps a model ID or a family prefix (``"claude-sonnet-4"`` covers
-    ``"claude-sonnet-4-5-20250929"``) to its rates, ``{"requests": Rate(...),
+    ``"claude-sonnet-4-6"``) to its rates, ``{"requests": Rate(...),
     "input_tokens": Rate(...), "output_tokens": Rate(...)}`` (any subset). The
     longest matching prefix wins, ``"*"`` catches every other model, and a
     model that matches nothing raises :class:`NoQuotaForModel`. Models of one
