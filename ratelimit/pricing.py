@@ -191,8 +191,7 @@ class Rates:
         """The price of ``kind`` in USD / MTok (``None`` if not published)."""
         if kind not in TOKEN_KINDS:
             raise InvalidArgument(f"unknown token kind {kind!r}; expected one of {TOKEN_KINDS}")
-        value = getattr(self, f"batch_{kind}" if batch else kind)
-        assert value is None or isinstance(value, Decimal)
+        value: Decimal | None = getattr(self, f"batch_{kind}" if batch else kind)
         return value
 
 

@@ -166,7 +166,9 @@ def rate_limited(
                     # with retry=Retry(...): the budget will still say no.
                     job.retries_left = None
                     raise
-                until_reset_s = (exc.resets_at - datetime.now(UTC)).total_seconds()
+                # RQ schedules by this machine's clock, so the delay is measured on it.
+                local_now = datetime.now(UTC)  # client-clock-ok
+                until_reset_s = (exc.resets_at - local_now).total_seconds()
                 return _retry_in(until_reset_s, admission.jitter_s, max_retries)
             return settler.run(permit, cost, functools.partial(body, *args, **kwargs))
 
