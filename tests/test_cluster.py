@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from decimal import Decimal
 
 import pytest
 import redis
@@ -16,7 +17,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 import ratelimit.asyncio
-from ratelimit import Limiter, Rate
+from ratelimit import Budget, BudgetExceeded, Limiter, LimiterGroup, Rate
 from ratelimit.server import EmbeddedServer
 
 SLOTS = 16384
@@ -106,3 +107,26 @@ async def test_async_cluster_client(cluster_nodes: list[int]) -> None:
         assert await limiter.try_acquire() is not None
     finally:
         await client.aclose()
+
+
+def test_a_group_across_nodes_leaks_nothing(cluster: redis.cluster.RedisCluster) -> None:
+    model = Limiter(cluster, "model", slot="node-a", tokens=Rate(100, per=3600))
+    team = Limiter(cluster, "team", slot="node-b", usd=Budget("1.00", per="day"))
+    assert cluster.get_node_from_key(model._scope.state_key) != cluster.get_node_from_key(  # type: ignore[no-untyped-call]
+        team._scope.state_key
+    )
+    group = LimiterGroup(model, team)
+    assert len(group._plan.parts) == 2  # one script call per slot
+
+    permit = group.acquire(tokens=30, usd="0.60")
+    assert model.state().rate("tokens").available == pytest.approx(70, abs=0.1)
+    # The team's budget refuses the next one after the model scope admitted it:
+    # the model's tokens come back, so nothing leaks.
+    with pytest.raises(BudgetExceeded):
+        group.acquire(tokens=30, usd="0.60")
+    assert model.state().rate("tokens").available == pytest.approx(70, abs=0.1)
+
+    assert permit.settle(tokens=10, usd="0.25").applied
+    assert model.state().rate("tokens").available == pytest.approx(90, abs=0.1)
+    budget = team.state().budget("usd")
+    assert (budget.spent, budget.reserved) == (Decimal("0.25"), Decimal(0))
