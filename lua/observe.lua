@@ -19,22 +19,7 @@ local now = now_us()
 local lowered = 0
 for _, scope in ipairs(scopes) do
   for _, d in ipairs(scope.rates) do
-    local level, rem, at = bucket_at(decode(redis.call('HGET', scope.state, d.name)), d.cap,
-      d.num, d.den, now)
-    local new_level, new_rem, new_at = level, rem, at
-    if d.amount >= 0 and d.amount < new_level then new_level, new_rem = d.amount, 0 end
-    if retry_after > 0 and new_at < now + retry_after then
-      -- Nobody goes before now + retry_after, and the bucket is empty then.
-      new_at = now + retry_after
-      new_level, new_rem = refill({ new_level, new_rem, d.den, at }, d.cap, d.num, d.den, new_at)
-      if new_level > 0 then new_level, new_rem = 0, 0 end
-    end
-    if new_at ~= at or new_level < level then
-      lowered = lowered + 1
-      redis.call('HSET', scope.state, d.name, encode(new_level, new_rem, d.den, new_at))
-      extend_ttl(scope.state,
-        (new_at - now + wait_for(new_level, new_rem, d.cap, d.num, d.den)) / 1000 + 1)
-    end
+    lowered = lowered + lower_bucket(scope, d, d.amount, retry_after, now)
   end
 end
 return { now, lowered }

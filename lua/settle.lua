@@ -5,7 +5,10 @@
 -- ARGV[2..] the scope block (quota.lua), amounts = actual use (-1 = keep
 --          what was reserved; a cancel sends 0 everywhere), then model,
 --          tokens and tags for the ledger entry (each "" = as at acquire),
---          and the entry's kind: "settled" or "cancelled"
+--          and the entry's kind: "settled" or "cancelled", then what the
+--          provider says is left ("<j>:<dim>:<micro-units> ...", "" = no
+--          figures): after the settle, those buckets are brought down to it,
+--          as observe.lua does, in the same call
 -- Reply    {status, now_us, alerts, overshoots}
 --          status 1 = settled: each rate bucket got back reserved - actual
 --          (capped at its capacity) or, when actual is larger, was debited
@@ -22,6 +25,7 @@
 local id = ARGV[1]
 local scopes, at = read_scopes(2)
 local model, tokens, tags, kind = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+local remaining = ARGV[at + 4] or ''
 local now = now_us()
 
 local record = redis.call('HGET', PERMITS, id)
@@ -41,5 +45,15 @@ if not finish_permit(scopes, id, rec, actual, kind, model, tokens, tags, now, ou
 end
 redis.call('HDEL', PERMITS, id)
 redis.call('ZREM', LEASES, id)
+if remaining ~= '' then
+  local left = {}
+  for key, micro in string.gmatch(remaining, '(%d+:[%w_]+):(%d+)') do left[key] = tonumber(micro) end
+  for _, scope in ipairs(scopes) do
+    for _, d in ipairs(scope.rates) do
+      local figure = left[scope.j .. ':' .. d.name]
+      if figure then lower_bucket(scope, d, figure, 0, now) end
+    end
+  end
+end
 if not reclaim_expired(scopes, now, out) then return { -2, now } end
 return { 1, now, out.alerts, out.overshoots }

@@ -64,7 +64,7 @@ _MAX_BUDGET_NANO = 2**52
 #: Dimension names are Python identifiers (they are keyword arguments); names
 #: that would shadow an argument of acquire() or settle() are refused.
 _DIMENSION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED_NAMES = frozenset({"timeout", "model", "tags", "usage"})
+RESERVED_NAMES = frozenset({"timeout", "model", "tags", "usage", "remaining"})
 
 OnRedisError = Literal["raise", "allow", "deny"]
 _ON_REDIS_ERROR: tuple[OnRedisError, ...] = ("raise", "allow", "deny")
@@ -954,21 +954,38 @@ class Plan:
         usage: object,
         pricing: Callable[[], Pricing],
         clock_us: int,
+        remaining: Mapping[str, object] | None = None,
     ) -> Flow[Settlement]:
-        """Settle in every part: given dimensions at their actual cost, others as reserved."""
+        """Settle in every part: given dimensions at their actual cost, others as reserved.
+
+        ``remaining`` (units per rate dimension, what the provider reports is
+        left) then brings those buckets down to it in the same script call.
+        """
         pid = validate_name(permit_id, "permit id")
         self.amounts(actual, acquire=False)  # validate before anything is priced
+        left = self._remaining(remaining or {})
         values, ledger_tail = settle_inputs(
             self, actual, model=model, tags=tags, usage=usage, pricing=pricing
         )
         amounts = self.amounts(values, acquire=False)
-        return (yield from self._finish(pid, amounts, ledger_tail, clock_us))
+        return (yield from self._finish(pid, amounts, ledger_tail, clock_us, left))
+
+    def _remaining(self, remaining: Mapping[str, object]) -> dict[str, int]:
+        """Provider figures per rate dimension, validated, in micro-units."""
+        left: dict[str, int] = {}
+        for name, value in remaining.items():
+            if name not in self.rate_names:
+                raise UnknownDimension(
+                    f"no rate dimension {name!r}; there are {sorted(self.rate_names)}"
+                )
+            left[name] = to_micro(value, f"remaining {name!r}")
+        return left
 
     def cancel(self, permit_id: object, *, clock_us: int) -> Flow[Settlement]:
         """Return everything a permit took, in every part."""
         pid = validate_name(permit_id, "permit id")
         zero = dict.fromkeys(self.rate_names | self.budget_names, 0)
-        return (yield from self._finish(pid, zero, _CANCELLED, clock_us))
+        return (yield from self._finish(pid, zero, _CANCELLED, clock_us, {}))
 
     def _finish(
         self,
@@ -976,13 +993,25 @@ class Plan:
         amounts: dict[str, int],
         ledger_tail: list[int | str | bytes],
         clock_us: int,
+        remaining: Mapping[str, int],
     ) -> Flow[Settlement]:
         applied = False
         overshoot: dict[str, Decimal] = {}
         alerts: list[Alert] = []
         for part in self.parts:
+            figures = " ".join(
+                f"{j}:{d.name}:{remaining[d.name]}"
+                for j, scope in enumerate(part.scopes, 1)
+                for d in scope.rates
+                if d.name in remaining
+            )
             reply = yield from self._call_with_periods(
-                "settle", part, head=[pid], amounts=amounts, tail=ledger_tail, clock_us=clock_us
+                "settle",
+                part,
+                head=[pid],
+                amounts=amounts,
+                tail=[*ledger_tail, figures],
+                clock_us=clock_us,
             )
             applied = applied or int(reply[0]) == 1
             alerts += self._alerts(part, reply[2])
@@ -998,10 +1027,7 @@ class Plan:
     ) -> Flow[int]:
         """Lower the shared buckets to what the provider reports; returns how many dropped."""
         amounts = {name: -1 for name in self.rate_names}
-        for name, value in remaining.items():
-            if name not in self.rate_names:
-                raise UnknownDimension(f"no rate dimension {name!r}; there are {sorted(amounts)}")
-            amounts[name] = to_micro(value, f"remaining {name!r}")
+        amounts.update(self._remaining(remaining))
         retry_us = 0 if retry_after_s is None else _scaled(retry_after_s, "retry_after", MICRO)
         lowered = 0
         for part in self.parts:

@@ -998,37 +998,35 @@ def _finish(
     streamed: bool = False,
     error: BaseException | None = None,
 ) -> _Flow[None]:
-    """Settle a call that went out, then lower the buckets to the provider's figures.
+    """Settle a call that went out and lower the buckets to the provider's figures.
 
-    In that order: a settle gives back what was over-reserved, which must not
-    lift a bucket above what the provider says is left. A stream's headers
-    were written before its output was charged (``streamed``); ``error`` is
-    what ended a stream, if anything did.
+    Both in one script call, in that order: a settle gives back what was
+    over-reserved, which must not lift a bucket above what the provider says
+    is left. A stream's headers were written before its output was charged
+    (``streamed``); ``error`` is what ended a stream, if anything did.
     """
     permit, config = booked.permit, guard.config
-    output = 0
+    remaining: dict[str, int] = {}
+    if headers is not None:
+        age = time.monotonic() - headers_at
+        pending = usage.output_so_far(plan.max_tokens) if streamed and usage.started else 0
+        remaining = config.remaining(booked.family, headers, age_s=age, pending_output=pending)
     try:
         if not usage.started:
             if isinstance(error, anthropic.APIError):
                 yield _Call(permit.cancel)  # the API failed before a token: nothing was used
                 return
             # The request went out but no usage came back: charged as reserved.
-            yield _Call(permit.settle, kwargs={"model": booked.model, "tags": _tags(headers)})
+            yield _Call(
+                permit.settle,
+                kwargs={"model": booked.model, "tags": _tags(headers), "remaining": remaining},
+            )
         else:
             actual = _actual(config, booked.family, usage, plan.max_tokens)
-            output = usage.output_so_far(plan.max_tokens)
-            yield from _settle(permit, booked.model, actual, usage.priced(plan.max_tokens), headers)
+            priced = usage.priced(plan.max_tokens)
+            yield from _settle(permit, booked.model, actual, priced, headers, remaining=remaining)
     except LimiterError:
         log.exception("could not settle permit %s; its lease will", permit.id)
-    if headers is not None:
-        age = time.monotonic() - headers_at
-        pending = output if streamed else 0
-        remaining = config.remaining(booked.family, headers, age_s=age, pending_output=pending)
-        if remaining:
-            try:
-                yield _Call(guard.limiter(booked.family).observe, kwargs=remaining)
-            except LimiterError:
-                log.exception("could not pass the rate-limit headers on")
 
 
 def _settle(
@@ -1037,17 +1035,20 @@ def _settle(
     actual: dict[str, Any],
     usage: object,
     headers: Mapping[str, str] | None,
+    *,
+    remaining: Mapping[str, int],
 ) -> _Flow[None]:
     tags = _tags(headers)
+    common = {"model": model, "tags": tags, "remaining": remaining}
     try:
-        yield _Call(permit.settle, kwargs={"model": model, "usage": usage, "tags": tags, **actual})
+        yield _Call(permit.settle, kwargs={**common, "usage": usage, **actual})
     except InvalidArgument as exc:
         # A usage the price table cannot price (fast mode, a new model): charge
         # the budget what it reserved rather than leave the permit to its lease.
         log.warning("could not price the usage of %s (%s); charging the reservation", model, exc)
         reserved = permit.reserved.get("usd")
         extra = {} if reserved is None else {"usd": reserved}
-        yield _Call(permit.settle, kwargs={"model": model, "tags": tags, **actual, **extra})
+        yield _Call(permit.settle, kwargs={**common, **actual, **extra})
 
 
 def _cached(guard: Guard | AsyncGuard, request: dict[str, Any]) -> _Flow[Message | None]:

@@ -141,6 +141,7 @@ class _Quota(_core.QuotaOwner):
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
         usage: object = None,
+        remaining: Mapping[str, object] | None = None,
         **actual: Any,
     ) -> Settlement:
         """See :meth:`ratelimit.Limiter.settle`."""
@@ -153,6 +154,7 @@ class _Quota(_core.QuotaOwner):
                 usage=usage,
                 pricing=self._pricing_table,
                 clock_us=_core.clock_us(),
+                remaining=remaining,
             )
         )
         await self._deliver(settlement.alerts)
@@ -279,12 +281,13 @@ class Permit(_core.PermitData):
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
         usage: object = None,
+        remaining: Mapping[str, object] | None = None,
         **actual: Any,
     ) -> Settlement:
         """See :meth:`ratelimit.Permit.settle`."""
         if self.backed:
             self.settlement = await self.limiter.settle(
-                self.id, model=model, tags=tags, usage=usage, **actual
+                self.id, model=model, tags=tags, usage=usage, remaining=remaining, **actual
             )
         else:
             self.settlement = Settlement("unbacked")

@@ -144,9 +144,15 @@ class _Quota(_core.QuotaOwner):
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
         usage: object = None,
+        remaining: Mapping[str, object] | None = None,
         **actual: Any,
     ) -> Settlement:
-        """Settle a permit by id, from any process: see :meth:`Permit.settle`."""
+        """Settle a permit by id, from any process: see :meth:`Permit.settle`.
+
+        ``remaining`` (units per rate dimension, what the provider's headers
+        say is left) brings those buckets down to it in the same script call,
+        after the settle: :meth:`observe` without another round trip.
+        """
         settlement = self._drive(
             self._plan.settle(
                 permit_id,
@@ -156,6 +162,7 @@ class _Quota(_core.QuotaOwner):
                 usage=usage,
                 pricing=self._pricing_table,
                 clock_us=_core.clock_us(),
+                remaining=remaining,
             )
         )
         self._deliver(settlement.alerts)
@@ -324,6 +331,7 @@ class Permit(_core.PermitData):
         model: str | None = None,
         tags: Mapping[str, object] | None = None,
         usage: object = None,
+        remaining: Mapping[str, object] | None = None,
         **actual: Any,
     ) -> Settlement:
         """Charge what the call really used, once.
@@ -338,7 +346,7 @@ class Permit(_core.PermitData):
         """
         if self.backed:
             self.settlement = self.limiter.settle(
-                self.id, model=model, tags=tags, usage=usage, **actual
+                self.id, model=model, tags=tags, usage=usage, remaining=remaining, **actual
             )
         else:
             self.settlement = Settlement("unbacked")

@@ -292,3 +292,21 @@ def test_rate_fractions_are_exact_or_rounded_down() -> None:
 def test_url_client(redis_url: str) -> None:
     limiter = Limiter(redis_url, "q", requests=Rate(5, per=60))
     assert limiter.acquire().settle().applied
+
+
+def test_settle_passes_the_providers_figures_on_in_the_same_call(r: redis.Redis) -> None:
+    limiter = Limiter(r, "q", requests=Rate(100, per=3600), tokens=Rate(1000, per=3600))
+    limiter.acquire(tokens=0).settle()  # the settle script is loaded (NOSCRIPT is done)
+    permit = limiter.acquire(tokens=300)
+    r.config_resetstat()
+    settled = permit.settle(tokens=100, remaining={"tokens": 400, "requests": 97})
+    assert settled.applied
+    # One script call: the refund, then the provider's lower figure for tokens.
+    assert r.info("commandstats")["cmdstat_evalsha"]["calls"] == 1
+    state = limiter.state()
+    assert state.rate("tokens").available == pytest.approx(400, abs=0.1)
+    assert state.rate("requests").available == pytest.approx(97, abs=0.01)
+    with pytest.raises(UnknownDimension):
+        limiter.settle(permit.id, remaining={"bogus": 1})
+    with pytest.raises(InvalidArgument):
+        limiter.settle(permit.id, remaining={"tokens": -1})
