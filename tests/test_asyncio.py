@@ -33,7 +33,7 @@ async def test_reserve_settle_and_state(ar: redis.asyncio.Redis) -> None:
     assert not (await permit.settle(tokens=0)).applied
     state = await limiter.state()
     assert state["requests"].available == pytest.approx(9, abs=0.01)
-    assert state["tokens"].available == pytest.approx(800, abs=0.1)
+    assert state["tokens"].available == pytest.approx(800, abs=2)
 
 
 async def test_try_acquire_and_timeout(ar: redis.asyncio.Redis) -> None:
@@ -64,7 +64,7 @@ async def test_cancelled_task_returns_its_booking(ar: redis.asyncio.Redis) -> No
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert (await limiter.state()).rate("requests").available == pytest.approx(0, abs=0.01)
+    assert (await limiter.state()).rate("requests").available == pytest.approx(0, abs=0.1)
 
 
 async def test_context_manager_cancels_on_exception(ar: redis.asyncio.Redis) -> None:
@@ -72,7 +72,7 @@ async def test_context_manager_cancels_on_exception(ar: redis.asyncio.Redis) -> 
     with pytest.raises(RuntimeError):
         async with await limiter.acquire(tokens=70):
             raise RuntimeError("the call never went out")
-    assert (await limiter.state()).rate("tokens").available == pytest.approx(100, abs=0.01)
+    assert (await limiter.state()).rate("tokens").available == pytest.approx(100, abs=0.1)
 
 
 async def test_bad_input_writes_nothing(ar: redis.asyncio.Redis) -> None:

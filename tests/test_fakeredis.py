@@ -25,14 +25,14 @@ def test_sync_contract_on_fakeredis() -> None:
         limiter.acquire(timeout=1)
     assert permit.settle(tokens=10).applied
     assert not permit.settle(tokens=10).applied
-    assert limiter.state().rate("tokens").available == pytest.approx(80, abs=0.1)
+    assert limiter.state().rate("tokens").available == pytest.approx(80, abs=2)
 
 
 def test_booked_wait_on_fakeredis() -> None:
     limiter = Limiter(fakeredis.FakeRedis(), "q", requests=Rate(20, per=1, burst=1))
     first = limiter.acquire()
     second = limiter.acquire(timeout=1)
-    assert second.wait_s == pytest.approx(0.05, abs=0.02)
+    assert 0 < second.wait_s <= 0.05  # booked: the rest of 0.05 s after the first
     assert second.admitted_at_us > first.admitted_at_us
 
 
