@@ -56,9 +56,9 @@ for _, scope in ipairs(scopes) do
     local st = load_budget(scope, now)
     if not st then return { -2, now } end
     if b.amount > 0 and st.spent + st.reserved + b.amount > b.limit then
-      return { -1, now, out.alerts, scope.j, string.format('%.0f', st.spent),
-        string.format('%.0f', st.reserved), string.format('%.0f', b.limit),
-        string.format('%.0f', st.stop) }
+      return { -1, now, out.alerts, scope.j, string.format('%d', st.spent),
+        string.format('%d', st.reserved), string.format('%d', b.limit),
+        string.format('%d', st.stop) }
     end
   end
 end
@@ -84,7 +84,7 @@ for _, scope in ipairs(scopes) do
       fields[#fields + 1] = encode(level, rem, d.den, admit)
       full_in = math.max(full_in, wait + wait_for(level, rem, d.cap, d.num, d.den))
     end
-    parts[#parts + 1] = scope.j .. ':' .. d.name .. ':' .. string.format('%.0f', d.amount)
+    parts[#parts + 1] = scope.j .. ':' .. d.name .. ':' .. string.format('%d', d.amount)
   end
   if #fields > 0 then
     redis.call('HSET', scope.state, unpack(fields))
@@ -93,7 +93,7 @@ for _, scope in ipairs(scopes) do
   local b = scope.budget
   if b then
     b.st.reserved = b.st.reserved + b.amount
-    parts[#parts + 1] = scope.j .. ':$' .. b.name .. ':' .. string.format('%.0f', b.amount)
+    parts[#parts + 1] = scope.j .. ':$' .. b.name .. ':' .. string.format('%d', b.amount)
     save_budget(scope, now, lease_end)
   end
 end
@@ -102,6 +102,6 @@ redis.call('HSET', PERMITS, id, encode_record(admit, parts, model, tokens, tags)
 redis.call('ZADD', LEASES, lease_end, id)
 -- Never shortened, so the keys outlive the latest lease of all.
 local keep_ms = (lease_end + GRACE_US - now) / 1000
-extend_ttl(PERMITS, keep_ms)
-extend_ttl(LEASES, keep_ms)
+extend_ttl(PERMITS, keep_ms, GRACE_US / 1000)
+extend_ttl(LEASES, keep_ms, GRACE_US / 1000)
 return { 1, wait, now, out.alerts }

@@ -33,7 +33,7 @@ local function decode(raw)
 end
 
 local function encode(level, rem, den, ts)
-  return string.format('%.0f %.0f %.0f %.0f', level, rem, den, ts)
+  return string.format('%d %d %d %d', level, rem, den, ts)
 end
 
 -- Level and remainder of a bucket refilled up to `now`, capped at `cap`.
@@ -83,10 +83,12 @@ local function wait_for(level, rem, need, num, den)
 end
 
 -- Keep a key alive at least `ms` more milliseconds, never shortening its TTL
--- (another caller's buckets in the same hash may need longer).
-local function extend_ttl(key, ms)
+-- (another caller's buckets in the same hash may need longer). With `slack`,
+-- a TTL that must grow grows by that much more, so the calls that follow
+-- (each needing a little longer) find it long enough and skip the PEXPIRE.
+local function extend_ttl(key, ms, slack)
   ms = math.ceil(ms)
   if ms < 1 then ms = 1 end
   local ttl = redis.call('PTTL', key)
-  if ttl < ms then redis.call('PEXPIRE', key, ms) end
+  if ttl < ms then redis.call('PEXPIRE', key, ms + (slack or 0)) end
 end

@@ -104,7 +104,7 @@ end
 local function save_budget(scope, now, keep_until)
   local b, st = scope.budget, scope.budget.st
   redis.call('HSET', scope.state, '$' .. b.name,
-    string.format('%.0f %.0f %.0f %.0f', st.start, st.spent, st.reserved, st.fired))
+    string.format('%d %d %d %d', st.start, st.spent, st.reserved, st.fired))
   local until_us = math.max(st.stop, keep_until or 0) + GRACE_US
   extend_ttl(scope.state, (until_us - now) / 1000)
 end
@@ -116,13 +116,13 @@ local function check_alerts(scope, now, alerts)
   for _, a in ipairs(b.alerts) do
     if a[1] > st.fired and st.spent >= a[2] then
       st.fired = a[1]
-      local spent, limit = string.format('%.0f', st.spent), string.format('%.0f', b.limit)
+      local spent, limit = string.format('%d', st.spent), string.format('%d', b.limit)
       alerts[#alerts + 1] = { scope.j, a[1], spent, limit, st.label }
       redis.call('XADD', scope.alerts, 'MAXLEN', '~', 1000, '*', 'scope', scope.name,
         'threshold_ppm', a[1], 'spent', spent, 'limit', limit, 'period', st.label,
-        't', string.format('%.0f', now))
+        't', string.format('%d', now))
       redis.call('PUBLISH', 'rl:v1:alerts', table.concat(
-        { scope.name, a[1], spent, limit, st.label, string.format('%.0f', now) }, '\t'))
+        { scope.name, a[1], spent, limit, st.label, string.format('%d', now) }, '\t'))
     end
   end
 end
@@ -135,15 +135,15 @@ local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
   day = day or b.st.label
   local trim = { 'MAXLEN', '~', b.maxlen }
   if b.max_age_ms > 0 then
-    trim = { 'MINID', '~', string.format('%.0f', math.floor(now / 1000) - b.max_age_ms) }
+    trim = { 'MINID', '~', string.format('%d', math.floor(now / 1000) - b.max_age_ms) }
   elseif b.maxlen <= 0 then
     trim = {}
   end
-  local cost_s = string.format('%.0f', cost)
+  local cost_s = string.format('%d', cost)
   local args = { 'XADD', scope.ledger }
   for _, t in ipairs(trim) do args[#args + 1] = t end
   for _, f in ipairs({ '*', 'id', id, 'kind', kind, 'scope', scope.name, 't',
-    string.format('%.0f', now), 'day', day, 'model', model, 'cost', cost_s, 'tokens', tokens,
+    string.format('%d', now), 'day', day, 'model', model, 'cost', cost_s, 'tokens', tokens,
     'tags', tags }) do
     args[#args + 1] = f
   end
@@ -151,14 +151,14 @@ local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
   -- goes before the entry that must match it.
   redis.call('HINCRBY', scope.spend, day .. '|' .. model, cost_s)
   redis.call(unpack(args))
-  extend_ttl(scope.spend, 400 * 86400 * 1000)
+  extend_ttl(scope.spend, 400 * 86400 * 1000, 86400 * 1000)
 end
 
 -- Permit records: "<admit_us>\n<j>:<dim>:<amount> ...\n<model>\n<#tokens>\n<tokens><tags>"
 -- (a budget amount's dim is written "$<dim>"; tokens and tags are the
 -- client's msgpack blobs, split by the length of the first).
 local function encode_record(admit, parts, model, tokens, tags)
-  return string.format('%.0f', admit) .. '\n' .. table.concat(parts, ' ') .. '\n' .. model ..
+  return string.format('%d', admit) .. '\n' .. table.concat(parts, ' ') .. '\n' .. model ..
     '\n' .. #tokens .. '\n' .. tokens .. tags
 end
 

@@ -26,8 +26,8 @@ for _, scope in ipairs(scopes) do
   if scope.budget then
     local st = load_budget(scope, now)
     if not st then return { -2, now } end
-    budgets[#budgets + 1] = { string.format('%.0f', st.spent), string.format('%.0f', st.reserved),
-      string.format('%.0f', st.stop) }
+    budgets[#budgets + 1] = { string.format('%d', st.spent), string.format('%d', st.reserved),
+      string.format('%d', st.stop) }
   end
 end
 return { now, levels, budgets, out.alerts }
