@@ -19,6 +19,8 @@ from types import TracebackType
 from typing import Literal
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ratelimit.errors import LimiterError
 
@@ -50,19 +52,24 @@ def find_binary(engine: Engine | None = None) -> tuple[Engine, str]:
     )
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now.
 
-    It is at most 55535, so that a cluster node's bus port (port + 10000)
-    exists too.
+    Its cluster bus port (port + 10000, which a cluster node also opens) is
+    free too.
     """
     for _ in range(1000):
         port = random.randint(20000, 55535)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if _bindable(port) and _bindable(port + 10000):
             return port
     raise OSError("no free port found on 127.0.0.1")
 
@@ -82,6 +89,7 @@ class EmbeddedServer:
         start_timeout_s: float = 10.0,
     ) -> None:
         self.engine, self.binary = find_binary(engine)
+        self._fixed_port = port is not None
         self.port = port or free_port()
         self.extra_args = extra_args
         self.start_timeout_s = start_timeout_s
@@ -99,7 +107,24 @@ class EmbeddedServer:
         return Path(self._dir.name)
 
     def start(self) -> EmbeddedServer:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING.
+
+        A port found free can be taken by another process before the server
+        binds it; then it tries again on another port (unless one was given).
+        """
+        attempts = 0
+        while True:
+            try:
+                return self._start_once()
+            except ServerNotFound as exc:
+                attempts += 1
+                taken = "Address already in use" in str(exc)
+                if not taken or self._fixed_port or attempts == 3:
+                    raise
+                self._dir = tempfile.TemporaryDirectory(prefix="ratelimit-server-")
+                self.port = free_port()
+
+    def _start_once(self) -> EmbeddedServer:
         args = [
             self.binary,
             "--port", str(self.port),
@@ -119,7 +144,13 @@ class EmbeddedServer:
             env=dict(os.environ),
             start_new_session=True,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        # No retries: a server that died must be noticed at once, not after backoffs.
+        client = redis.Redis(
+            port=self.port,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
         deadline = time.monotonic() + self.start_timeout_s
         try:
             while True:
