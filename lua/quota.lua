@@ -10,7 +10,8 @@
 --              "$<dim>" = "<period_start_us> <spent> <reserved> <fired_ppm>"
 --              (nano-dollars; fired_ppm = highest alert threshold reported
 --              this period, in parts per million of the limit)
--- KEYS[2+4j-2] ledger stream: one entry per settled or reclaimed permit
+-- KEYS[2+4j-2] ledger stream: one entry per settled or reclaimed permit, its
+--              field "rec" a msgpack map (see ledger_record)
 -- KEYS[2+4j-1] spend hash: "<day>|<model>" -> nano-dollars settled that day
 -- KEYS[2+4j]   alerts stream: one entry per alert threshold crossed
 --
@@ -127,30 +128,74 @@ local function check_alerts(scope, now, alerts)
   end
 end
 
+-- msgpack, as much as a ledger record needs (Redis has cmsgpack, fakeredis
+-- does not): strings, integers in [0, 2^53) and values the client encoded.
+local function mp_str(v)
+  local n = #v
+  if n < 32 then return string.char(0xa0 + n) .. v end
+  if n < 256 then return string.char(0xd9, n) .. v end
+  if n < 65536 then return string.char(0xda, math.floor(n / 256), n % 256) .. v end
+  return string.char(0xdb, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256) .. v
+end
+
+local function mp_uint(x)
+  if x < 128 then return string.char(x) end
+  local bytes = {}
+  for i = 8, 1, -1 do
+    bytes[i] = x % 256
+    x = math.floor(x / 256)
+  end
+  return string.char(0xcf, unpack(bytes))
+end
+
+-- A map from a flat list key1, encoded1, key2, encoded2, ... (at most 15 pairs).
+local function mp_map(kv)
+  local out = { string.char(0x80 + #kv / 2) }
+  for i = 1, #kv, 2 do
+    out[#out + 1] = mp_str(kv[i])
+    out[#out + 1] = kv[i + 1]
+  end
+  return table.concat(out)
+end
+
+-- Append one msgpack-encoded record to a scope's ledger stream, trimmed to
+-- its retention (by age, or by length).
+local function ledger_append(scope, now, record)
+  local b = scope.budget
+  local args = { 'XADD', scope.ledger }
+  if b.max_age_ms > 0 then
+    for _, t in ipairs({ 'MINID', '~', string.format('%d', math.floor(now / 1000) - b.max_age_ms) }) do
+      args[#args + 1] = t
+    end
+  elseif b.maxlen > 0 then
+    for _, t in ipairs({ 'MAXLEN', '~', b.maxlen }) do args[#args + 1] = t end
+  end
+  for _, f in ipairs({ '*', 'rec', record }) do args[#args + 1] = f end
+  redis.call(unpack(args))
+end
+
+-- The ledger record of one permit's end (or a cache hit): time (Redis,
+-- microseconds), scope, permit id, kind, day, model, cost and what a cache
+-- hit saved (nano-dollars), and the client's tokens and tags.
+local function ledger_record(scope, now, id, kind, day, model, cost, saved, tokens, tags)
+  if tokens == '' then tokens = string.char(0x80) end
+  if tags == '' then tags = string.char(0x80) end
+  return mp_map({ 't', mp_uint(now), 'scope', mp_str(scope.name), 'id', mp_str(id),
+    'kind', mp_str(kind), 'day', mp_str(day), 'model', mp_str(model),
+    'cost_nano', mp_uint(cost), 'saved_nano', mp_uint(saved), 'tokens', tokens, 'tags', tags })
+end
+
 -- One ledger entry and the matching spend counter, written together so the
 -- sum of a day's entries always equals the day's counter.
 local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
   local b = scope.budget
   local _, _, day = period_of(b.days, now)
   day = day or b.st.label
-  local trim = { 'MAXLEN', '~', b.maxlen }
-  if b.max_age_ms > 0 then
-    trim = { 'MINID', '~', string.format('%d', math.floor(now / 1000) - b.max_age_ms) }
-  elseif b.maxlen <= 0 then
-    trim = {}
-  end
-  local cost_s = string.format('%d', cost)
-  local args = { 'XADD', scope.ledger }
-  for _, t in ipairs(trim) do args[#args + 1] = t end
-  for _, f in ipairs({ '*', 'id', id, 'kind', kind, 'scope', scope.name, 't',
-    string.format('%d', now), 'day', day, 'model', model, 'cost', cost_s, 'tokens', tokens,
-    'tags', tags }) do
-    args[#args + 1] = f
-  end
   -- The counter first: a script is not rolled back, so whatever could fail
   -- goes before the entry that must match it.
-  redis.call('HINCRBY', scope.spend, day .. '|' .. model, cost_s)
-  redis.call(unpack(args))
+  redis.call('HINCRBY', scope.spend, day .. '|' .. model, string.format('%d', cost))
+  ledger_append(scope, now, ledger_record(scope, now, id, kind, day, model, cost, 0, tokens, tags))
   extend_ttl(scope.spend, 400 * 86400 * 1000, 86400 * 1000)
 end
 

@@ -21,11 +21,9 @@ for _, scope in ipairs(scopes) do
     if not load_budget(scope, now) then return { -2, now } end
     local _, _, day = period_of(b.days, now)
     if not day then return { -2, now } end
-    local saved = string.format('%d', b.amount)
-    redis.call('XADD', scope.ledger, 'MAXLEN', '~', math.max(b.maxlen, 1), '*', 'id', id,
-      'kind', 'cache_hit', 'scope', scope.name, 't', string.format('%d', now), 'day', day,
-      'model', model, 'cost', 0, 'saved', saved, 'tokens', tokens, 'tags', tags)
-    redis.call('HINCRBY', scope.spend, day .. '|' .. model .. '|saved', saved)
+    redis.call('HINCRBY', scope.spend, day .. '|' .. model .. '|saved', string.format('%d', b.amount))
+    ledger_append(scope, now,
+      ledger_record(scope, now, id, 'cache_hit', day, model, 0, b.amount, tokens, tags))
     extend_ttl(scope.spend, 400 * 86400 * 1000, 86400 * 1000)
     recorded = recorded + 1
   end

@@ -88,21 +88,19 @@ def _fields(fields: object) -> dict[str, Any]:
 def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
     """A ledger entry from an ``XRANGE`` row."""
     try:
-        values = _fields(fields)
-        tokens = msgpack.unpackb(values.get("tokens") or b"\x80", raw=False)
-        tags = msgpack.unpackb(values.get("tags") or b"\x80", raw=False)
+        record = msgpack.unpackb(_fields(fields)["rec"], raw=False)
         return LedgerEntry(
             stream_id=_text(stream_id),
-            time=datetime.fromtimestamp(int(values["t"]) / MICRO, UTC),
-            scope=_text(values["scope"]),
-            permit_id=_text(values["id"]),
-            kind=_text(values["kind"]),
-            day=_text(values["day"]),
-            model=_text(values["model"]),
-            cost_usd=usd(int(values["cost"])),
-            tokens=dict(tokens),
-            tags=dict(tags),
-            saved_usd=usd(int(values.get("saved", 0))),
+            time=datetime.fromtimestamp(int(record["t"]) / MICRO, UTC),
+            scope=str(record["scope"]),
+            permit_id=str(record["id"]),
+            kind=str(record["kind"]),
+            day=str(record["day"]),
+            model=str(record["model"]),
+            cost_usd=usd(int(record["cost_nano"])),
+            tokens=dict(record["tokens"]),
+            tags=dict(record["tags"]),
+            saved_usd=usd(int(record["saved_nano"])),
         )
     except (KeyError, ValueError, TypeError, msgpack.UnpackException) as exc:
         raise BackendError(f"unreadable ledger entry {stream_id!r}: {exc}") from exc
