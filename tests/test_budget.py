@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgpack  # type: ignore[import-untyped]
 import pytest
 import redis
 import redis.asyncio
@@ -658,3 +659,18 @@ def test_an_expired_lease_is_reclaimed_in_full(r: redis.Redis) -> None:
     )
     assert lost.settle(usd="0.01").status == "unknown"  # too late: it was charged in full
     assert counters_total(limiter) == total(entries) == Decimal("0.65")
+
+
+def test_each_ledger_entry_is_one_msgpack_record(r: redis.Redis) -> None:
+    limiter = Limiter(r, "raw", usd=Budget("5"))
+    limiter.acquire(usd="0.5", model="claude-haiku-4-5", tags={"job": 7}).settle(usd="0.125")
+    rows: Any = r.xrange(limiter._scope.ledger_key)
+    ((_, fields),) = rows
+    assert set(fields) == {b"rec"}
+    record = msgpack.unpackb(fields[b"rec"], raw=False)
+    assert record["cost_nano"] == 125_000_000
+    assert record["model"] == "claude-haiku-4-5"
+    assert record["scope"] == "raw"
+    assert record["kind"] == "settled"
+    assert record["tags"] == {"job": 7}
+    assert record["t"] > 1_700_000_000_000_000  # Redis time, microseconds
