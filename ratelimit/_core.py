@@ -432,11 +432,6 @@ class ScopeSpec:
         """Stream of the scope's budget alerts."""
         return self.key("alerts")
 
-    @property
-    def dimension_names(self) -> list[str]:
-        names = [d.name for d in self.rates]
-        return names + ([self.budget.name] if self.budget else [])
-
     def key_list(self) -> list[str]:
         return [self.state_key, self.ledger_key, self.spend_key, self.alerts_key]
 
