@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from ratelimit.limiter import connect
+from ratelimit.backend import connect
 from ratelimit.server import EmbeddedServer, Engine
 
 # -- options ------------------------------------------------------------------------

@@ -1,28 +1,27 @@
 -- acquire.lua: check and debit every dimension of every scope of one request
 -- together, or none.
+-- lib: clock ttl bucket args budget alerts msgpack ledger permit finish reclaim
 --
--- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
+-- KEYS     as in lib/args.lua: permits, leases, then 4 keys per scope
 -- ARGV[1]  permit id (a fresh random string from the client)
 -- ARGV[2]  max_wait_us: the longest the caller will wait, microseconds; -1 = no limit
 -- ARGV[3]  lease_us: how long after admission the permit may stay unsettled
 --          before a later call reclaims it
--- ARGV[4..] the scope block (quota.lua), amounts = costs (0 <= cost <= cap),
+-- ARGV[4..] the scope block (lib/args.lua), amounts = costs (0 <= cost <= cap),
 --          then model (ledger label, may be empty), tokens and tags (the
 --          client's msgpack blobs for the ledger, kept for a reclaim)
--- Reply    {1, wait_us, now_us, alerts}: admitted; the caller sleeps wait_us,
+-- Reply    {1, now_us, alerts, wait_us}: admitted; the caller sleeps wait_us,
 --          then goes ahead without asking again. Its place is booked: the
 --          admission time is the first instant at which every dimension it
 --          costs can pay, after everyone booked before it on that dimension
 --          (first come, first served), and each of those buckets is charged
 --          as of that instant; budgets reserved the cost.
---          {0, retry_after_us, now_us, alerts}: admission would come later
+--          {0, now_us, alerts, retry_after_us}: admission would come later
 --          than max_wait_us (-1 when never); nothing of this request was taken.
 --          {-1, now_us, alerts, j, spent, reserved, limit, period_end_us}:
 --          scope j's budget cannot take the cost this period; waiting won't help.
---          {-2, now_us}: the budget periods sent do not hold now_us (client
---          clock far off): nothing changed; resend periods around now_us.
---          alerts: {{j, threshold_ppm, spent, limit, period}, ...} crossed by
---          reclaimed permits during this call.
+--          {-2, now_us, {}}: the budget periods sent do not hold now_us.
+--          alerts (lib/args.lua): crossed by permits reclaimed during this call.
 -- A retry with the same permit id (a reply lost to a timeout) returns the
 -- first booking again instead of booking twice.
 
@@ -35,11 +34,11 @@ local now = now_us()
 
 local booked = redis.call('HGET', PERMITS, id)
 if booked then
-  return { 1, math.max(0, decode_record(booked).admit - now), now, {} }
+  return { 1, now, {}, math.max(0, decode_record(booked).admit - now) }
 end
 
 local out = { alerts = {}, overshoots = {} }
-if not reclaim_expired(scopes, now, out) then return { -2, now } end
+if not reclaim_expired(scopes, now, out) then return { -2, now, {} } end
 
 local admit = now
 for _, scope in ipairs(scopes) do
@@ -54,7 +53,7 @@ for _, scope in ipairs(scopes) do
   local b = scope.budget
   if b then
     local st = load_budget(scope, now)
-    if not st then return { -2, now } end
+    if not st then return { -2, now, {} } end
     if b.amount > 0 and st.spent + st.reserved + b.amount > b.limit then
       return { -1, now, out.alerts, scope.j, string.format('%d', st.spent),
         string.format('%d', st.reserved), string.format('%d', b.limit),
@@ -68,7 +67,7 @@ local wait = admit - now
 if admit > 4503599627370496 then wait = math.huge end
 if wait == math.huge or (max_wait >= 0 and wait > max_wait) then
   if wait == math.huge then wait = -1 end
-  return { 0, wait, now, out.alerts }
+  return { 0, now, out.alerts, wait }
 end
 
 local lease_end = now + wait + lease
@@ -104,4 +103,4 @@ redis.call('ZADD', LEASES, lease_end, id)
 local keep_ms = (lease_end + GRACE_US - now) / 1000
 extend_ttl(PERMITS, keep_ms, GRACE_US / 1000)
 extend_ttl(LEASES, keep_ms, GRACE_US / 1000)
-return { 1, wait, now, out.alerts }
+return { 1, now, out.alerts, wait }

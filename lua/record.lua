@@ -1,12 +1,13 @@
 -- record.lua: note in the ledger a call that cost nothing because a cached
 -- response answered it, with the cost it saved.
+-- lib: clock ttl args budget msgpack ledger
 --
--- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
+-- KEYS     as in lib/args.lua: permits, leases, then 4 keys per scope
 -- ARGV[1]  entry id (a fresh random string from the client)
--- ARGV[2..] the scope block (quota.lua) with each budget's amount = the
+-- ARGV[2..] the scope block (lib/args.lua) with each budget's amount = the
 --          cost saved, nano-dollars; then model, tokens and tags (msgpack)
--- Reply    {now_us, recorded} or {-2, now_us} (the periods sent do not hold
---          now_us). Each budgeted scope gets a ledger entry of kind
+-- Reply    {1, now_us, {}, recorded} or {-2, now_us, {}} (the periods sent
+--          do not hold now_us). Each budgeted scope gets a ledger entry of kind
 --          "cache_hit" with cost 0 and "saved", and its "<day>|<model>|saved"
 --          counter grows by the amount; spend and budgets do not change.
 
@@ -18,9 +19,9 @@ local recorded = 0
 for _, scope in ipairs(scopes) do
   local b = scope.budget
   if b then
-    if not load_budget(scope, now) then return { -2, now } end
+    if not load_budget(scope, now) then return { -2, now, {} } end
     local _, _, day = period_of(b.days, now)
-    if not day then return { -2, now } end
+    if not day then return { -2, now, {} } end
     redis.call('HINCRBY', scope.spend, day .. '|' .. model .. '|saved', string.format('%d', b.amount))
     ledger_append(scope, now,
       ledger_record(scope, now, id, 'cache_hit', day, model, 0, b.amount, tokens, tags))
@@ -28,4 +29,4 @@ for _, scope in ipairs(scopes) do
     recorded = recorded + 1
   end
 end
-return { now, recorded }
+return { 1, now, {}, recorded }

@@ -1,8 +1,9 @@
 -- settle.lua: turn a permit's reservation into its actual cost, once.
+-- lib: clock ttl bucket args budget alerts msgpack ledger permit finish lower reclaim
 --
--- KEYS     as in quota.lua: permits, leases, then 4 keys per scope
+-- KEYS     as in lib/args.lua: permits, leases, then 4 keys per scope
 -- ARGV[1]  permit id
--- ARGV[2..] the scope block (quota.lua), amounts = actual use (-1 = keep
+-- ARGV[2..] the scope block (lib/args.lua), amounts = actual use (-1 = keep
 --          what was reserved; a cancel sends 0 everywhere), then model,
 --          tokens and tags for the ledger entry (each "" = as at acquire),
 --          and the entry's kind: "settled" or "cancelled", then what the
@@ -17,7 +18,7 @@
 --          entry and its spend counter; 0 = unknown permit (already settled,
 --          cancelled or reclaimed, by this process or another): nothing
 --          changed; -2 = the budget periods sent do not hold now_us.
---          alerts as in acquire.lua; overshoots: {{j, nano-dollars}, ...}
+--          alerts as in lib/args.lua; overshoots: {{j, nano-dollars}, ...}
 --          where a budget's actual cost passed its reservation.
 -- A settle after the lease ended still applies while no call has reclaimed
 -- the permit yet: the actual cost is better than the worst case.
@@ -41,7 +42,7 @@ local function actual(d, reserved)
   return d.amount
 end
 if not finish_permit(scopes, id, rec, actual, kind, model, tokens, tags, now, out) then
-  return { -2, now }
+  return { -2, now, {} }
 end
 redis.call('HDEL', PERMITS, id)
 redis.call('ZREM', LEASES, id)
@@ -55,5 +56,5 @@ if remaining ~= '' then
     end
   end
 end
-if not reclaim_expired(scopes, now, out) then return { -2, now } end
+if not reclaim_expired(scopes, now, out) then return { -2, now, {} } end
 return { 1, now, out.alerts, out.overshoots }

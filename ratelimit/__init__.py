@@ -10,16 +10,15 @@
 The asyncio client is :mod:`ratelimit.asyncio`, with the same names.
 """
 
-from ratelimit._core import (
+from ratelimit.core.keys import ALERT_CHANNEL
+from ratelimit.core.results import (
     Alert,
-    Budget,
     BudgetState,
     DimensionState,
-    Ledger,
-    QuotaState,
-    Rate,
+    LimiterState,
     Settlement,
 )
+from ratelimit.core.settings import Budget, Rate, Retention
 from ratelimit.errors import (
     AcquireTimeout,
     BackendError,
@@ -36,6 +35,7 @@ from ratelimit.limiter import Limiter, LimiterGroup, Permit
 from ratelimit.pricing import Pricing
 
 __all__ = [
+    "ALERT_CHANNEL",
     "AcquireTimeout",
     "Alert",
     "BackendError",
@@ -46,15 +46,15 @@ __all__ = [
     "DimensionState",
     "InvalidArgument",
     "InvalidArgumentType",
-    "Ledger",
     "Limiter",
     "LimiterError",
     "LimiterGroup",
+    "LimiterState",
     "Permit",
     "Pricing",
-    "QuotaState",
     "Rate",
     "RedisUnavailable",
+    "Retention",
     "Settlement",
     "UnknownDimension",
     "UnknownModel",

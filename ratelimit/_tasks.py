@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 
-from ratelimit._core import Budget, Rate
-from ratelimit.errors import InvalidArgument, InvalidArgumentType, LimiterError
+from ratelimit.core.settings import Budget, Rate
+from ratelimit.errors import InvalidArgument, InvalidArgumentType, NoCurrentPermit
 from ratelimit.limiter import Limiter, LimiterGroup, Permit
 
 R = TypeVar("R")
@@ -42,10 +42,6 @@ BudgetPolicy = Literal["fail", "retry_at_reset"]
 ErrorPolicy = Literal["cancel", "keep"]
 #: What the body's result really used, for :meth:`Permit.settle`.
 Actual = Callable[[Any], Mapping[str, object] | None]
-
-
-class NoCurrentPermit(LimiterError, LookupError):
-    """:func:`current_permit` was called outside the body of a ``rate_limited`` task."""
 
 
 class Integration:

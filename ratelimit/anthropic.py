@@ -50,6 +50,7 @@ import asyncio
 import email.utils
 import functools
 import json
+import logging
 import math
 import os
 import random
@@ -87,18 +88,22 @@ from anthropic.lib.streaming import (
 from anthropic.resources.messages import AsyncMessages, Messages
 from anthropic.types import Message, RawMessageStreamEvent
 
-from ratelimit import _core
 from ratelimit import asyncio as rl_asyncio
-from ratelimit._core import Budget, QuotaState, Rate
+from ratelimit.backend import connect
 from ratelimit.cache import AsyncResponseCache, ResponseCache
+from ratelimit.core.numbers import exact, positive
+from ratelimit.core.results import Alert, LimiterState
+from ratelimit.core.scope import DEFAULT_LEASE_S, validate_name
+from ratelimit.core.settings import Budget, Rate
 from ratelimit.errors import (
     AcquireTimeout,
     BudgetExceeded,
     InvalidArgument,
     InvalidArgumentType,
     LimiterError,
+    NoQuotaForModel,
 )
-from ratelimit.limiter import Limiter, LimiterGroup, SyncClient, connect
+from ratelimit.limiter import Limiter, LimiterGroup, SyncClient
 from ratelimit.pricing import Pricing, token_counts
 from ratelimit.routing import ModelPolicy, RoutingContext
 
@@ -120,7 +125,7 @@ __all__ = [
     "wrap",
 ]
 
-log = _core.log
+log = logging.getLogger("ratelimit")
 
 Dimension = Literal["requests", "input_tokens", "output_tokens"]
 Estimate = Literal["local", "count_tokens"]
@@ -180,13 +185,6 @@ RETRY_MAX_S: float = 8.0
 header says otherwise."""
 
 
-class NoQuotaForModel(InvalidArgument):
-    """The model matches no entry of ``limits`` (and there is no ``"*"`` entry).
-
-    Raised before anything is sent or booked.
-    """
-
-
 # -- the pure part: configuration, estimates, usage, headers ----------------------------
 
 
@@ -216,14 +214,14 @@ class _Config:
         lease_s: object,
         acquire_timeout: object,
     ) -> _Config:
-        scope = _core.validate_name(name, "name")
+        scope = validate_name(name, "name")
         if not isinstance(limits, Mapping) or not limits:
             raise InvalidArgumentType(
                 'limits must map model IDs or family prefixes to {"requests": Rate(...), ...}'
             )
         families: dict[str, dict[str, Rate]] = {}
         for key, rates in limits.items():
-            family = _core.validate_name(key, "a limits key")
+            family = validate_name(key, "a limits key")
             if not isinstance(rates, Mapping) or not rates:
                 raise InvalidArgumentType(
                     f"limits[{family!r}] must map dimensions to Rate objects, e.g. "
@@ -252,10 +250,10 @@ class _Config:
             raise InvalidArgumentType("max_attempts must be an int")
         if max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be at least 1, got {max_attempts}")
-        lease = float(_core._positive(lease_s, "lease_s"))
+        lease = float(positive(lease_s, "lease_s"))
         timeout: float | None = None
         if acquire_timeout is not None:
-            wait = _core._exact(acquire_timeout, "acquire_timeout")
+            wait = exact(acquire_timeout, "acquire_timeout")
             if wait < 0:
                 raise InvalidArgument(f"acquire_timeout must not be negative, got {wait}")
             timeout = float(wait)
@@ -738,7 +736,7 @@ def _snapshot(stream: MessageStream[Any] | AsyncMessageStream[Any]) -> Any:
         return None
 
 
-def _levels(config: _Config, state: QuotaState, grouped: bool) -> dict[str, dict[str, float]]:
+def _levels(config: _Config, state: LimiterState, grouped: bool) -> dict[str, dict[str, float]]:
     """Bucket levels by family and dimension from the state of every family's limiter."""
     levels: dict[str, dict[str, float]] = {}
     for family, rates in config.limits.items():
@@ -1216,7 +1214,7 @@ class _Quotas(Generic[ClientT, CacheT, LimiterT, GroupT]):
         *,
         cache: CacheT | None,
         policy: ModelPolicy | None,
-        on_alert: Callable[[_core.Alert], object] | None,
+        on_alert: Callable[[Alert], object] | None,
         owns_redis: bool = False,
     ) -> None:
         self.config = config
@@ -1690,9 +1688,9 @@ def wrap(
     policy: ModelPolicy | None = None,
     estimate: Estimate = "local",
     max_attempts: int = 5,
-    lease_s: float = _core.DEFAULT_LEASE_S,
+    lease_s: float = DEFAULT_LEASE_S,
     acquire_timeout: float | None = None,
-    on_alert: Callable[[_core.Alert], object] | None = None,
+    on_alert: Callable[[Alert], object] | None = None,
 ) -> AsyncLimitedAnthropic: ...
 
 
@@ -1709,9 +1707,9 @@ def wrap(
     policy: ModelPolicy | None = None,
     estimate: Estimate = "local",
     max_attempts: int = 5,
-    lease_s: float = _core.DEFAULT_LEASE_S,
+    lease_s: float = DEFAULT_LEASE_S,
     acquire_timeout: float | None = None,
-    on_alert: Callable[[_core.Alert], object] | None = None,
+    on_alert: Callable[[Alert], object] | None = None,
 ) -> LimitedAnthropic: ...
 
 
@@ -1727,9 +1725,9 @@ def wrap(
     policy: ModelPolicy | None = None,
     estimate: Estimate = "local",
     max_attempts: int = 5,
-    lease_s: float = _core.DEFAULT_LEASE_S,
+    lease_s: float = DEFAULT_LEASE_S,
     acquire_timeout: float | None = None,
-    on_alert: Callable[[_core.Alert], object] | None = None,
+    on_alert: Callable[[Alert], object] | None = None,
 ) -> LimitedAnthropic | AsyncLimitedAnthropic:
     """``client`` with its Messages calls limited by shared quotas in Redis.
 

@@ -2,14 +2,14 @@
 
 ``ratelimit.asyncio.Limiter`` mirrors ``ratelimit.Limiter`` as
 ``redis.asyncio`` mirrors ``redis``: switching is one import. Both drive the
-same flows of :mod:`ratelimit._core`; only the I/O differs.
+same flows of :mod:`ratelimit.core`; only the I/O differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -20,51 +20,47 @@ import redis.asyncio.cluster
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ratelimit import _core, _scripts, ledger
-from ratelimit._core import (
-    Alert,
-    Booking,
-    Ledger,
-    QuotaState,
-    Settlement,
-)
+from ratelimit import ledger, scripts
+from ratelimit.backend import backend_error
+from ratelimit.backend import connect_async as connect
+from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
+from ratelimit.core.calls import Flow, ScriptCall
+from ratelimit.core.entries import UsagePricer
+from ratelimit.core.plan import log
+from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
+from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
+from ratelimit.core.settings import Retention
 from ratelimit.errors import AcquireTimeout
 from ratelimit.ledger import LedgerEntry
-from ratelimit.limiter import URL_SOCKET_TIMEOUT_S
 from ratelimit.pricing import Pricing
 
 __all__ = ["AsyncClient", "Limiter", "LimiterGroup", "Permit", "connect"]
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
-AlertCallback = Callable[[Alert], object]
 R = TypeVar("R")
 
 
-def connect(url: str) -> redis.asyncio.Redis:
-    """An asyncio client for ``url`` with the short socket timeouts a limiter wants."""
-    return redis.asyncio.Redis.from_url(
-        url, socket_timeout=URL_SOCKET_TIMEOUT_S, socket_connect_timeout=URL_SOCKET_TIMEOUT_S
-    )
-
-
-class _Quota(_core.QuotaOwner):
-    """Asyncio twin of ``ratelimit.limiter._Quota``."""
+class _Shell(LimiterBase):
+    """Asyncio twin of the sync shell: what a Limiter and a LimiterGroup share."""
 
     client: AsyncClient
     _scripts: dict[str, AsyncScript]
 
-    async def _drive(self, flow: _core.Flow[R]) -> R:
+    def _default_pricer(self) -> UsagePricer:
+        return Pricing.default()
+
+    async def _drive(self, flow: Flow[R]) -> R:
         """Run a core flow: each script call it yields goes to Redis, each reply back."""
         try:
             call = next(flow)
             while True:
                 try:
-                    if isinstance(call, _core.ScriptCall):
+                    if isinstance(call, ScriptCall):
                         reply = await self._scripts[call.script](keys=call.keys, args=call.args)
                     else:
                         reply = await getattr(self.client, call.method)(*call.args, **call.kwargs)
                 except redis.exceptions.RedisError as exc:
-                    error = _core.backend_error(exc)
+                    error = backend_error(exc)
                     error.__cause__ = exc
                     call = flow.throw(error)
                 else:
@@ -83,7 +79,7 @@ class _Quota(_core.QuotaOwner):
                 if inspect.isawaitable(outcome):
                     await outcome
             except Exception:
-                _core.log.exception("the on_alert callback failed for %s", alert)
+                log.exception("the on_alert callback failed for %s", alert)
 
     async def _book(
         self,
@@ -93,7 +89,7 @@ class _Quota(_core.QuotaOwner):
         tags: Mapping[str, object] | None,
     ) -> Booking:
         booking = await self._drive(
-            self._plan.acquire(costs, timeout_s, model=model, tags=tags, clock_us=_core.clock_us())
+            self._plan.acquire(costs, timeout_s, model=model, tags=tags, clock_us=clock_us())
         )
         await self._deliver(booking.alerts)
         return booking
@@ -152,8 +148,8 @@ class _Quota(_core.QuotaOwner):
                 model=model,
                 tags=tags,
                 usage=usage,
-                pricing=self._pricing_table,
-                clock_us=_core.clock_us(),
+                pricer=self._pricing,
+                clock_us=clock_us(),
                 remaining=remaining,
             )
         )
@@ -162,7 +158,7 @@ class _Quota(_core.QuotaOwner):
 
     async def cancel(self, permit_id: str) -> Settlement:
         """See :meth:`ratelimit.Limiter.cancel`."""
-        return await self._drive(self._plan.cancel(permit_id, clock_us=_core.clock_us()))
+        return await self._drive(self._plan.cancel(permit_id, clock_us=clock_us()))
 
     async def observe(self, *, retry_after: float | None = None, **remaining: Any) -> int:
         """Tell every process what the provider says: bring the shared buckets down.
@@ -172,7 +168,7 @@ class _Quota(_core.QuotaOwner):
         from a 429) holds every bucket back so no process is admitted sooner.
         Buckets are only ever lowered. Returns how many were.
         """
-        return await self._drive(self._plan.observe(remaining, retry_after, _core.clock_us()))
+        return await self._drive(self._plan.observe(remaining, retry_after, clock_us()))
 
     async def record_saving(
         self,
@@ -189,18 +185,18 @@ class _Quota(_core.QuotaOwner):
         """
         return await self._drive(
             self._plan.record_saving(
-                saved_usd, model=model, tokens=tokens, tags=tags, clock_us=_core.clock_us()
+                saved_usd, model=model, tokens=tokens, tags=tags, clock_us=clock_us()
             )
         )
 
-    async def state(self) -> QuotaState:
+    async def state(self) -> LimiterState:
         """See :meth:`ratelimit.Limiter.state`."""
-        result, alerts = await self._drive(self._plan.state(_core.clock_us()))
+        result, alerts = await self._drive(self._plan.state(clock_us()))
         await self._deliver(alerts)
         return result
 
 
-class Limiter(_Quota):
+class Limiter(_Shell):
     """Asyncio twin of :class:`ratelimit.Limiter`; see there for every argument."""
 
     def __init__(
@@ -208,11 +204,11 @@ class Limiter(_Quota):
         client: AsyncClient | str,
         name: str,
         *,
-        on_redis_error: _core.OnRedisError = "raise",
-        lease_s: float = _core.DEFAULT_LEASE_S,
+        on_redis_error: OnRedisError = "raise",
+        lease_s: float = DEFAULT_LEASE_S,
         slot: str | None = None,
         on_alert: AlertCallback | None = None,
-        ledger: Ledger | None = None,
+        retention: Retention | None = None,
         pricing: Pricing | None = None,
         **dimensions: Any,
     ) -> None:
@@ -222,14 +218,14 @@ class Limiter(_Quota):
             slot=slot,
             lease_s=lease_s,
             on_redis_error=on_redis_error,
-            ledger=ledger,
+            retention=retention,
             on_alert=on_alert,
-            pricing=pricing,
+            pricer=pricing,
         )
         self.client = connect(client) if isinstance(client, str) else client
         self._scripts = {
-            script: self.client.register_script(_scripts.source(script))
-            for script in _scripts.SCRIPT_NAMES
+            script: self.client.register_script(scripts.source(script))
+            for script in scripts.SCRIPT_NAMES
         }
 
     async def ledger_entries(
@@ -240,25 +236,25 @@ class Limiter(_Quota):
         count: int | None = None,
     ) -> list[LedgerEntry]:
         """This scope's ledger entries settled between ``since`` and ``until`` (oldest first)."""
-        return await self._drive(ledger.read_entries(self._scope, since, until, count))
+        return await self._drive(ledger.read_entries(self._scope.keys, since, until, count))
 
     async def spend(self, day: str | None = None) -> dict[str, dict[str, Decimal]]:
         """USD settled per day and model, ``{"2026-11-28": {"claude-...": Decimal}}``.
 
         ``day`` (``YYYY-MM-DD`` in the ledger's zone) keeps one day only.
         """
-        return await self._drive(ledger.read_spend(self._scope, day))
+        return await self._drive(ledger.read_spend(self._scope.keys, day))
 
     async def saved(self, day: str | None = None) -> dict[str, dict[str, Decimal]]:
         """USD that cached responses saved, per day and model (see :meth:`record_saving`)."""
-        return await self._drive(ledger.read_saved(self._scope, day))
+        return await self._drive(ledger.read_saved(self._scope.keys, day))
 
     async def alert_history(self, count: int | None = None) -> list[Alert]:
         """The alerts this scope's budget has fired, oldest first (the stream keeps 1000)."""
-        return await self._drive(ledger.read_alerts(self._scope, count))
+        return await self._drive(ledger.read_alerts(self._scope.keys, count))
 
 
-class LimiterGroup(_Quota):
+class LimiterGroup(_Shell):
     """Asyncio twin of :class:`ratelimit.LimiterGroup`."""
 
     def __init__(self, *limiters: Limiter) -> None:
@@ -268,12 +264,12 @@ class LimiterGroup(_Quota):
         self._scripts = limiters[0]._scripts
 
 
-class Permit(_core.PermitData):
+class Permit(PermitData):
     """Asyncio twin of :class:`ratelimit.Permit`: ``await permit.settle(...)``."""
 
-    def __init__(self, quota: _Quota, data: _core.PermitData) -> None:
+    def __init__(self, limiter: _Shell, data: PermitData) -> None:
         super().__init__(**vars(data))
-        self.limiter = quota
+        self.limiter = limiter
 
     async def settle(
         self,
@@ -314,4 +310,4 @@ class Permit(_core.PermitData):
             try:
                 await self.cancel()
             except Exception:
-                _core.log.exception("could not cancel permit %s", self.id)
+                log.exception("could not cancel permit %s", self.id)

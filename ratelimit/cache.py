@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -60,11 +61,13 @@ import redis.asyncio.cluster
 import redis.cluster
 import redis.exceptions
 
-from ratelimit import _core
 from ratelimit.asyncio import AsyncClient
-from ratelimit.asyncio import connect as async_connect
+from ratelimit.backend import backend_error, connect, connect_async
+from ratelimit.core.keys import KEY_PREFIX, escape_name
+from ratelimit.core.numbers import exact, positive
+from ratelimit.core.scope import validate_name
 from ratelimit.errors import InvalidArgument, InvalidArgumentType
-from ratelimit.limiter import SyncClient, connect
+from ratelimit.limiter import SyncClient
 
 __all__ = [
     "CACHE_KEY_PREFIX",
@@ -81,7 +84,9 @@ __all__ = [
     "ttl_ms",
 ]
 
-CACHE_KEY_PREFIX: Final = f"{_core.KEY_PREFIX}cache:"
+log = logging.getLogger("ratelimit")
+
+CACHE_KEY_PREFIX: Final = f"{KEY_PREFIX}cache:"
 """Every cache key starts with this, then the (escaped) namespace, ``:`` and the hash."""
 
 DEFAULT_TTL_S: Final = 3600.0
@@ -143,7 +148,7 @@ _SENTINELS: Final = frozenset({"NotGiven", "Omit"})
 
 def ttl_ms(ttl_s: object, what: str = "ttl_s") -> int:
     """A TTL in seconds (positive, finite) as whole milliseconds, rounded up."""
-    seconds = _core._positive(ttl_s, what)
+    seconds = positive(ttl_s, what)
     ms = math.ceil(seconds * 1000)
     if ms > _MAX_TTL_MS:
         raise InvalidArgument(f"{what} is too large: {ttl_s!r} seconds")
@@ -290,16 +295,16 @@ def is_deterministic(request: Mapping[str, Any]) -> bool:
     temperature = _merged(request).get("temperature")
     if temperature is None or _is_sentinel(temperature):
         return False
-    number = _core._exact(temperature, "temperature")
+    number = exact(temperature, "temperature")
     if number < 0:
         raise InvalidArgument(f"temperature must not be negative, got {temperature!r}")
     return number == 0
 
 
 def _namespace(namespace: object) -> str:
-    name = _core.validate_name(namespace, "namespace")
+    name = validate_name(namespace, "namespace")
     # Braces would make a hash tag and pin the namespace to one cluster slot.
-    return _core.escape_name(name)
+    return escape_name(name)
 
 
 def cache_key(
@@ -345,15 +350,15 @@ def decode_message(raw: object) -> dict[str, Any] | None:
     if raw is None:
         return None
     if not isinstance(raw, bytes):
-        _core.log.warning("response cache: unexpected %s value, ignored", type(raw).__name__)
+        log.warning("response cache: unexpected %s value, ignored", type(raw).__name__)
         return None
     try:
         value = msgpack.unpackb(raw, raw=False)
     except (ValueError, TypeError, msgpack.UnpackException):
-        _core.log.warning("response cache: a value is not msgpack, ignored")
+        log.warning("response cache: a value is not msgpack, ignored")
         return None
     if not isinstance(value, dict):
-        _core.log.warning("response cache: a value is not a map, ignored")
+        log.warning("response cache: a value is not a map, ignored")
         return None
     return value
 
@@ -439,7 +444,7 @@ class ResponseCache(_Settings):
         try:
             raw = self.client.get(key)
         except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
+            raise backend_error(exc) from exc
         return decode_message(raw)
 
     def put(
@@ -462,7 +467,7 @@ class ResponseCache(_Settings):
         try:
             self.client.set(key, value, px=px)
         except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
+            raise backend_error(exc) from exc
 
 
 class AsyncResponseCache(_Settings):
@@ -487,7 +492,7 @@ class AsyncResponseCache(_Settings):
                 f"not {type(client).__name__}"
             )
         _check_decoding(client)
-        self.client: AsyncClient = async_connect(client) if isinstance(client, str) else client
+        self.client: AsyncClient = connect_async(client) if isinstance(client, str) else client
 
     async def get(self, request: Mapping[str, Any]) -> dict[str, Any] | None:
         """See :meth:`ResponseCache.get`."""
@@ -497,7 +502,7 @@ class AsyncResponseCache(_Settings):
         try:
             raw = await self.client.get(key)
         except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
+            raise backend_error(exc) from exc
         return decode_message(raw)
 
     async def put(
@@ -516,4 +521,4 @@ class AsyncResponseCache(_Settings):
         try:
             await self.client.set(key, value, px=px)
         except redis.exceptions.RedisError as exc:
-            raise _core.backend_error(exc) from exc
+            raise backend_error(exc) from exc

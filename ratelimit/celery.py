@@ -41,9 +41,9 @@ from celery import Task
 from celery import current_task as _current_task
 
 from ratelimit import _tasks
-from ratelimit._core import Budget, Rate
-from ratelimit._tasks import BudgetPolicy, Costs, ErrorPolicy, NoCurrentPermit, Quota
-from ratelimit.errors import AcquireTimeout, BudgetExceeded
+from ratelimit._tasks import BudgetPolicy, Costs, ErrorPolicy, Quota
+from ratelimit.core.settings import Budget, Rate
+from ratelimit.errors import AcquireTimeout, BudgetExceeded, NoCurrentPermit
 from ratelimit.limiter import Permit
 
 __all__ = [

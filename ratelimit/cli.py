@@ -41,10 +41,11 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from ratelimit import AcquireTimeout, Alert, BackendError, Limiter, LimiterError, Rate, ledger
-from ratelimit._core import ALERT_CHANNEL, ScopeSpec
+from ratelimit.backend import connect
+from ratelimit.core.keys import ALERT_CHANNEL, ScopeKeys
+from ratelimit.errors import ServerNotFound
 from ratelimit.ledger import LedgerEntry
-from ratelimit.limiter import connect
-from ratelimit.server import EmbeddedServer, ServerNotFound
+from ratelimit.server import EmbeddedServer
 
 Mode = Literal["try", "acquire"]
 
@@ -933,14 +934,9 @@ EXIT_BROKEN_PIPE = 141
 LedgerFormat = Literal["table", "csv", "jsonl"]
 
 
-def scope_keys(name: str, slot: str | None = None) -> ScopeSpec:
-    """The key layout of the scope ``name`` with hash tag ``slot`` (default: its name).
-
-    Keys depend on the name and the slot only (``rl:v1:{<slot>}:<name>:ledger``...),
-    so a placeholder dimension stands in for the quota's real ones, which a
-    reader of the ledger does not know.
-    """
-    return ScopeSpec.build(name, {"requests": Rate(1)}, slot=slot)
+def scope_keys(name: str, slot: str | None = None) -> ScopeKeys:
+    """The keys of the scope ``name`` with hash tag ``slot`` (default: its name)."""
+    return ScopeKeys(name, name if slot is None else slot)
 
 
 def format_usd(amount: Decimal) -> str:
@@ -1000,7 +996,7 @@ def _next_id(stream_id: object) -> str:
 
 def read_ledger(
     client: redis.Redis,
-    scope: ScopeSpec,
+    scope: ScopeKeys,
     since: datetime | None = None,
     until: datetime | None = None,
     *,
@@ -1009,7 +1005,7 @@ def read_ledger(
     """The scope's ledger entries settled in [since, until], oldest first, read page by page."""
     start, end = ledger.stream_bounds(since, until)
     while True:
-        rows = _rows(client.xrange(scope.ledger_key, start, end, count=page))
+        rows = _rows(client.xrange(scope.ledger, start, end, count=page))
         for stream_id, fields in rows:
             yield ledger.parse_entry(stream_id, fields)
         if len(rows) < page:
@@ -1070,7 +1066,7 @@ class _Tally:
 
 def export_ledger(
     client: redis.Redis,
-    scope: ScopeSpec,
+    scope: ScopeKeys,
     out: TextIO,
     fmt: LedgerFormat,
     *,
@@ -1107,7 +1103,7 @@ def run_ledger(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         if not count:
-            _warn_if_missing(client, "ledger", scope.ledger_key)
+            _warn_if_missing(client, "ledger", scope.ledger)
         return 0
 
     return _reading("ledger", args.redis_url, body)
@@ -1148,27 +1144,27 @@ def run_spend(args: argparse.Namespace) -> int:
 
     def body(client: redis.Redis) -> int:
         scope = scope_keys(args.scope, args.slot)
-        raw = client.hgetall(scope.spend_key)
+        raw = client.hgetall(scope.spend)
         if not isinstance(raw, dict):
             raise BackendError(f"unexpected HGETALL reply {raw!r}")
         spend = ledger.parse_spend(raw, args.day)
         saved = ledger.parse_saved(raw, args.day)
         print("\n".join(spend_table(scope.name, spend, saved)))
         if not raw:
-            _warn_if_missing(client, "spend", scope.spend_key)
+            _warn_if_missing(client, "spend", scope.spend)
         return 0
 
     return _reading("spend", args.redis_url, body)
 
 
 def read_alert_history(
-    client: redis.Redis, scope: ScopeSpec, count: int | None = None
+    client: redis.Redis, scope: ScopeKeys, count: int | None = None
 ) -> list[tuple[datetime, Alert]]:
     """The scope's alerts with the time each fired, oldest first (the last ``count`` only)."""
     if count is None:
-        rows = _rows(client.xrange(scope.alerts_key))
+        rows = _rows(client.xrange(scope.alerts))
     else:
-        rows = _rows(client.xrevrange(scope.alerts_key, count=count))[::-1]
+        rows = _rows(client.xrevrange(scope.alerts, count=count))[::-1]
     history = []
     for stream_id, fields in rows:
         alert = ledger.parse_alert(fields)
@@ -1271,7 +1267,7 @@ def run_alerts(args: argparse.Namespace) -> int:
         history = read_alert_history(client, scope, args.count)
         print("\n".join(alerts_table(scope.name, history)))
         if not history:
-            _warn_if_missing(client, "alerts", scope.alerts_key)
+            _warn_if_missing(client, "alerts", scope.alerts)
         return 0
 
     return _reading("alerts", args.redis_url, body)

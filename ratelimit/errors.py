@@ -58,6 +58,31 @@ class UnknownModel(InvalidArgument):
     """A model ID has no entry in the price table and no fallback price is configured."""
 
 
+class MissingPrice(InvalidArgument):
+    """The table has no price for a kind of token that the usage contains.
+
+    Raised, for example, for cache reads on a model whose cache prices are not
+    published, for batch usage on a model without batch prices, and for fast
+    mode, which the table does not price.  Supply the price in an override file
+    (:meth:`ratelimit.Pricing.from_file`) if you know it.
+    """
+
+
+class NoQuotaForModel(InvalidArgument):
+    """A wrapped client's model matches no entry of ``limits`` (and there is no ``"*"``).
+
+    Raised before anything is sent or booked.
+    """
+
+
+class NoCurrentPermit(LimiterError, LookupError):
+    """``current_permit()`` was called outside the body of a ``rate_limited`` task."""
+
+
+class ServerNotFound(LimiterError):
+    """No server binary for the requested engine is installed, or it would not start."""
+
+
 class RedisUnavailable(BackendError):
     """Redis could not be reached (connection refused, timed out, cluster down).
 

@@ -18,7 +18,10 @@ from typing import IO, Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from ratelimit._core import MICRO, Alert, ClientCall, Flow, ScopeSpec, usd
+from ratelimit.core.calls import ClientCall, Flow
+from ratelimit.core.keys import ScopeKeys
+from ratelimit.core.numbers import MICRO, text, usd
+from ratelimit.core.results import Alert
 from ratelimit.errors import BackendError
 
 __all__ = [
@@ -31,10 +34,6 @@ __all__ = [
     "to_jsonl",
     "total",
 ]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,7 @@ class LedgerEntry:
 def _fields(fields: object) -> dict[str, Any]:
     if not isinstance(fields, Mapping):
         raise BackendError(f"unreadable stream entry {fields!r}")
-    return {_text(k): v for k, v in fields.items()}
+    return {text(k): v for k, v in fields.items()}
 
 
 def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
@@ -90,7 +89,7 @@ def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
     try:
         record = msgpack.unpackb(_fields(fields)["rec"], raw=False)
         return LedgerEntry(
-            stream_id=_text(stream_id),
+            stream_id=text(stream_id),
             time=datetime.fromtimestamp(int(record["t"]) / MICRO, UTC),
             scope=str(record["scope"]),
             permit_id=str(record["id"]),
@@ -110,7 +109,7 @@ def parse_spend(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dic
     """Spend counters as ``{day: {model: USD}}``, optionally for one day only."""
     spend: dict[str, dict[str, Decimal]] = {}
     for key, value in raw.items():
-        entry_day, _, model = _text(key).partition("|")
+        entry_day, _, model = text(key).partition("|")
         if model.endswith("|saved"):
             continue  # what cache hits saved: see saved()
         if day is None or entry_day == day:
@@ -120,7 +119,7 @@ def parse_spend(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dic
 
 def parse_alert(fields: object) -> Alert:
     """An alert from a row of a scope's alerts stream."""
-    values = {k: _text(v) for k, v in _fields(fields).items()}
+    values = {k: text(v) for k, v in _fields(fields).items()}
     return Alert(
         threshold=int(values["threshold_ppm"]) / MICRO,
         scope=values["scope"],
@@ -132,7 +131,7 @@ def parse_alert(fields: object) -> Alert:
 
 def parse_published_alert(message: bytes | str) -> Alert:
     """An alert from a message on :data:`ratelimit.ALERT_CHANNEL` (tab-separated fields)."""
-    scope, ppm, spent, limit, period, _t = _text(message).split("\t")
+    scope, ppm, spent, limit, period, _t = text(message).split("\t")
     return Alert(int(ppm) / MICRO, scope, usd(int(spent)), usd(int(limit)), period)
 
 
@@ -140,7 +139,7 @@ def parse_saved(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dic
     """What cache hits saved, as ``{day: {model: USD}}``, optionally for one day only."""
     saved: dict[str, dict[str, Decimal]] = {}
     for key, value in raw.items():
-        entry_day, _, rest = _text(key).partition("|")
+        entry_day, _, rest = text(key).partition("|")
         model, _, marker = rest.rpartition("|")
         if marker == "saved" and (day is None or entry_day == day):
             saved.setdefault(entry_day, {})[model] = usd(int(value))
@@ -185,25 +184,25 @@ def total(entries: Sequence[LedgerEntry]) -> Decimal:
 
 
 def read_entries(
-    scope: ScopeSpec, since: datetime | None, until: datetime | None, count: int | None
+    keys: ScopeKeys, since: datetime | None, until: datetime | None, count: int | None
 ) -> Flow[list[LedgerEntry]]:
     """A scope's ledger entries settled between ``since`` and ``until``, oldest first."""
     start, end = stream_bounds(since, until)
-    rows = yield ClientCall("xrange", (scope.ledger_key, start, end), {"count": count})
+    rows = yield ClientCall("xrange", (keys.ledger, start, end), {"count": count})
     return [parse_entry(stream_id, fields) for stream_id, fields in rows or []]
 
 
-def read_spend(scope: ScopeSpec, day: str | None) -> Flow[dict[str, dict[str, Decimal]]]:
+def read_spend(keys: ScopeKeys, day: str | None) -> Flow[dict[str, dict[str, Decimal]]]:
     """A scope's spend counters."""
-    return parse_spend((yield ClientCall("hgetall", (scope.spend_key,))) or {}, day)
+    return parse_spend((yield ClientCall("hgetall", (keys.spend,))) or {}, day)
 
 
-def read_saved(scope: ScopeSpec, day: str | None) -> Flow[dict[str, dict[str, Decimal]]]:
+def read_saved(keys: ScopeKeys, day: str | None) -> Flow[dict[str, dict[str, Decimal]]]:
     """What cache hits saved a scope."""
-    return parse_saved((yield ClientCall("hgetall", (scope.spend_key,))) or {}, day)
+    return parse_saved((yield ClientCall("hgetall", (keys.spend,))) or {}, day)
 
 
-def read_alerts(scope: ScopeSpec, count: int | None) -> Flow[list[Alert]]:
+def read_alerts(keys: ScopeKeys, count: int | None) -> Flow[list[Alert]]:
     """A scope's alert history, oldest first."""
-    rows = yield ClientCall("xrange", (scope.alerts_key,), {"count": count})
+    rows = yield ClientCall("xrange", (keys.alerts,), {"count": count})
     return [parse_alert(fields) for _, fields in rows or []]

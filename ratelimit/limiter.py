@@ -1,11 +1,11 @@
-"""The synchronous client: a thin shell that drives the flows of :mod:`ratelimit._core`."""
+"""The synchronous client: a thin shell that drives the flows of :mod:`ratelimit.core`."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -16,52 +16,46 @@ import redis.cluster
 import redis.exceptions
 from redis.commands.core import Script
 
-from ratelimit import _core, _scripts, ledger
-from ratelimit._core import (
-    Alert,
-    Booking,
-    Ledger,
-    QuotaState,
-    Settlement,
-)
-from ratelimit.errors import AcquireTimeout, InvalidArgument
+from ratelimit import ledger, scripts
+from ratelimit.backend import backend_error, connect
+from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
+from ratelimit.core.calls import Flow, ScriptCall
+from ratelimit.core.entries import UsagePricer
+from ratelimit.core.plan import log
+from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
+from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
+from ratelimit.core.settings import Retention
+from ratelimit.errors import AcquireTimeout
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
 
+__all__ = ["Limiter", "LimiterGroup", "Permit", "SyncClient", "connect"]
+
 SyncClient = redis.Redis | redis.cluster.RedisCluster
-AlertCallback = Callable[[Alert], object]
 R = TypeVar("R")
 
-#: Socket timeouts of a client built from a URL: an outage is noticed in
-#: about a second instead of hanging workers.
-URL_SOCKET_TIMEOUT_S = 1.0
 
-
-def connect(url: str) -> redis.Redis:
-    """A client for ``url`` with the short socket timeouts a limiter wants."""
-    return redis.Redis.from_url(
-        url, socket_timeout=URL_SOCKET_TIMEOUT_S, socket_connect_timeout=URL_SOCKET_TIMEOUT_S
-    )
-
-
-class _Quota(_core.QuotaOwner):
+class _Shell(LimiterBase):
     """What a Limiter and a LimiterGroup share: admission over a plan of scopes."""
 
     client: SyncClient
     _scripts: dict[str, Script]
 
-    def _drive(self, flow: _core.Flow[R]) -> R:
+    def _default_pricer(self) -> UsagePricer:
+        return Pricing.default()
+
+    def _drive(self, flow: Flow[R]) -> R:
         """Run a core flow: each script call it yields goes to Redis, each reply back."""
         try:
             call = next(flow)
             while True:
                 try:
-                    if isinstance(call, _core.ScriptCall):
+                    if isinstance(call, ScriptCall):
                         reply = self._scripts[call.script](keys=call.keys, args=call.args)
                     else:
                         reply = getattr(self.client, call.method)(*call.args, **call.kwargs)
                 except redis.exceptions.RedisError as exc:
-                    error = _core.backend_error(exc)
+                    error = backend_error(exc)
                     error.__cause__ = exc
                     call = flow.throw(error)
                 else:
@@ -80,7 +74,7 @@ class _Quota(_core.QuotaOwner):
                 if inspect.isawaitable(outcome):
                     asyncio.run(_awaited(outcome))
             except Exception:
-                _core.log.exception("the on_alert callback failed for %s", alert)
+                log.exception("the on_alert callback failed for %s", alert)
 
     def _book(
         self,
@@ -90,7 +84,7 @@ class _Quota(_core.QuotaOwner):
         tags: Mapping[str, object] | None,
     ) -> Booking:
         booking = self._drive(
-            self._plan.acquire(costs, timeout_s, model=model, tags=tags, clock_us=_core.clock_us())
+            self._plan.acquire(costs, timeout_s, model=model, tags=tags, clock_us=clock_us())
         )
         self._deliver(booking.alerts)
         return booking
@@ -160,8 +154,8 @@ class _Quota(_core.QuotaOwner):
                 model=model,
                 tags=tags,
                 usage=usage,
-                pricing=self._pricing_table,
-                clock_us=_core.clock_us(),
+                pricer=self._pricing,
+                clock_us=clock_us(),
                 remaining=remaining,
             )
         )
@@ -170,7 +164,7 @@ class _Quota(_core.QuotaOwner):
 
     def cancel(self, permit_id: str) -> Settlement:
         """Return everything a permit took, by id: see :meth:`Permit.cancel`."""
-        return self._drive(self._plan.cancel(permit_id, clock_us=_core.clock_us()))
+        return self._drive(self._plan.cancel(permit_id, clock_us=clock_us()))
 
     def observe(self, *, retry_after: float | None = None, **remaining: Any) -> int:
         """Tell every process what the provider says: bring the shared buckets down.
@@ -180,7 +174,7 @@ class _Quota(_core.QuotaOwner):
         from a 429) holds every bucket back so no process is admitted sooner.
         Buckets are only ever lowered. Returns how many were.
         """
-        return self._drive(self._plan.observe(remaining, retry_after, _core.clock_us()))
+        return self._drive(self._plan.observe(remaining, retry_after, clock_us()))
 
     def record_saving(
         self,
@@ -197,13 +191,13 @@ class _Quota(_core.QuotaOwner):
         """
         return self._drive(
             self._plan.record_saving(
-                saved_usd, model=model, tokens=tokens, tags=tags, clock_us=_core.clock_us()
+                saved_usd, model=model, tokens=tokens, tags=tags, clock_us=clock_us()
             )
         )
 
-    def state(self) -> QuotaState:
+    def state(self) -> LimiterState:
         """Each dimension as Redis sees it now (a group names them ``"scope.dim"``)."""
-        result, alerts = self._drive(self._plan.state(_core.clock_us()))
+        result, alerts = self._drive(self._plan.state(clock_us()))
         self._deliver(alerts)
         return result
 
@@ -212,8 +206,8 @@ async def _awaited(outcome: Any) -> None:
     await outcome
 
 
-class Limiter(_Quota):
-    """A quota shared by every process that builds a Limiter with the same ``name``.
+class Limiter(_Shell):
+    """A scope (a named quota) shared by every process that builds a Limiter of its ``name``.
 
     ``client`` is a ``redis.Redis``, a ``redis.cluster.RedisCluster`` or a URL;
     each keyword names a dimension: a :class:`Rate` (``requests``,
@@ -223,13 +217,13 @@ class Limiter(_Quota):
 
     ``lease_s`` is how long a permit may stay unsettled after its admission
     before a later call reclaims it; ``slot`` is the Redis Cluster hash tag of
-    the quota's keys (default: its name; give scopes one slot to check them in
+    the scope's keys (default: its name; give scopes one slot to check them in
     one call); ``on_redis_error`` says what admission does while Redis is
     unreachable: ``"raise"`` (:class:`~ratelimit.errors.RedisUnavailable`),
     ``"allow"`` (unmetered) or ``"deny"``; ``on_alert`` is called (sync or
     async) with each budget :class:`Alert` this process's calls report;
-    ``ledger`` sets the ledger's retention; ``pricing`` prices a settle's
-    ``usage`` (default: the packaged price table).
+    ``retention`` sets how long the ledger keeps its entries; ``pricing``
+    prices a settle's ``usage`` (default: the packaged price table).
     """
 
     def __init__(
@@ -237,11 +231,11 @@ class Limiter(_Quota):
         client: SyncClient | str,
         name: str,
         *,
-        on_redis_error: _core.OnRedisError = "raise",
-        lease_s: float = _core.DEFAULT_LEASE_S,
+        on_redis_error: OnRedisError = "raise",
+        lease_s: float = DEFAULT_LEASE_S,
         slot: str | None = None,
         on_alert: AlertCallback | None = None,
-        ledger: Ledger | None = None,
+        retention: Retention | None = None,
         pricing: Pricing | None = None,
         **dimensions: Any,
     ) -> None:
@@ -251,14 +245,14 @@ class Limiter(_Quota):
             slot=slot,
             lease_s=lease_s,
             on_redis_error=on_redis_error,
-            ledger=ledger,
+            retention=retention,
             on_alert=on_alert,
-            pricing=pricing,
+            pricer=pricing,
         )
         self.client = connect(client) if isinstance(client, str) else client
         self._scripts = {
-            script: self.client.register_script(_scripts.source(script))
-            for script in _scripts.SCRIPT_NAMES
+            script: self.client.register_script(scripts.source(script))
+            for script in scripts.SCRIPT_NAMES
         }
 
     def ledger_entries(
@@ -269,25 +263,25 @@ class Limiter(_Quota):
         count: int | None = None,
     ) -> list[LedgerEntry]:
         """This scope's ledger entries settled between ``since`` and ``until`` (oldest first)."""
-        return self._drive(ledger.read_entries(self._scope, since, until, count))
+        return self._drive(ledger.read_entries(self._scope.keys, since, until, count))
 
     def spend(self, day: str | None = None) -> dict[str, dict[str, Decimal]]:
         """USD settled per day and model, ``{"2026-11-28": {"claude-...": Decimal}}``.
 
         ``day`` (``YYYY-MM-DD`` in the ledger's zone) keeps one day only.
         """
-        return self._drive(ledger.read_spend(self._scope, day))
+        return self._drive(ledger.read_spend(self._scope.keys, day))
 
     def saved(self, day: str | None = None) -> dict[str, dict[str, Decimal]]:
         """USD that cached responses saved, per day and model (see :meth:`record_saving`)."""
-        return self._drive(ledger.read_saved(self._scope, day))
+        return self._drive(ledger.read_saved(self._scope.keys, day))
 
     def alert_history(self, count: int | None = None) -> list[Alert]:
         """The alerts this scope's budget has fired, oldest first (the stream keeps 1000)."""
-        return self._drive(ledger.read_alerts(self._scope, count))
+        return self._drive(ledger.read_alerts(self._scope.keys, count))
 
 
-class LimiterGroup(_Quota):
+class LimiterGroup(_Shell):
     """Several limiters checked as one: a request must pass every scope, or none.
 
     Costs are given by dimension name and charged to every scope that has that
@@ -299,31 +293,22 @@ class LimiterGroup(_Quota):
     """
 
     def __init__(self, *limiters: Limiter) -> None:
-        if not limiters:
-            raise InvalidArgument("a LimiterGroup needs at least one Limiter")
-        first = limiters[0]
-        self._plan = _core.Plan([limiter._scope for limiter in limiters])
+        self._configure_group(limiters)
         self.limiters = limiters
-        self.client = first.client
-        self._scripts = first._scripts
-        self._alert_handlers = {
-            name: handler
-            for limiter in limiters
-            for name, handler in limiter._alert_handlers.items()
-        }
-        self._pricing = first._pricing
+        self.client = limiters[0].client
+        self._scripts = limiters[0]._scripts
 
 
-class Permit(_core.PermitData):
+class Permit(PermitData):
     """Admission for one call; settle it with the real usage when the call is done.
 
     Used as a context manager, leaving the block by an exception before a
     settle cancels the permit (the call is taken not to have gone out).
     """
 
-    def __init__(self, quota: _Quota, data: _core.PermitData) -> None:
+    def __init__(self, limiter: _Shell, data: PermitData) -> None:
         super().__init__(**vars(data))
-        self.limiter = quota
+        self.limiter = limiter
 
     def settle(
         self,
@@ -378,4 +363,4 @@ class Permit(_core.PermitData):
             try:
                 self.cancel()
             except Exception:
-                _core.log.exception("could not cancel permit %s", self.id)
+                log.exception("could not cancel permit %s", self.id)

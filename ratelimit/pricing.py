@@ -51,7 +51,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final, Literal, Protocol, TypedDict
 
-from ratelimit.errors import InvalidArgument, InvalidArgumentType, UnknownModel
+from ratelimit.errors import InvalidArgument, InvalidArgumentType, MissingPrice, UnknownModel
 
 __all__ = [
     "TOKENS_PER_MILLION",
@@ -98,16 +98,6 @@ _PRICE_FIELDS: Final[tuple[str, ...]] = (
 _PRECISION: Final = 80
 
 _DEFAULT_RESOURCE: Final = "prices.toml"
-
-
-class MissingPrice(InvalidArgument):
-    """The table has no price for a kind of token that the usage contains.
-
-    Raised, for example, for cache reads on a model whose cache prices are not
-    published, for batch usage on a model without batch prices, and for fast
-    mode, which the table does not price.  Supply the price in an override file
-    (:meth:`Pricing.from_file`) if you know it.
-    """
 
 
 class UsageLike(Protocol):
@@ -583,6 +573,10 @@ class Pricing:
                 )
             terms.append((tokens, rate))
         return _usd(terms)
+
+    def token_counts(self, usage: UsageLike | Mapping[str, object]) -> dict[str, int]:
+        """``usage``'s token counts by kind, as :meth:`cost` reads them (for the ledger)."""
+        return token_counts(usage)
 
     def max_cost(
         self,

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Protocol, runtime_checkable
 
-from ratelimit import _core
-from ratelimit._core import BudgetState
+from ratelimit.core.numbers import exact
+from ratelimit.core.results import BudgetState
 from ratelimit.errors import InvalidArgument, InvalidArgumentType
 
 __all__ = [
@@ -108,7 +108,7 @@ def _model_id(value: object, what: str) -> str:
 
 def _wait(value: object, what: str = "max_wait_s") -> float:
     """A wait in seconds: finite and >= 0 (0 means: try without waiting)."""
-    number = _core._exact(value, what)
+    number = exact(value, what)
     if number < 0:
         raise InvalidArgument(f"{what} must not be negative, got {value!r}")
     return float(number)
@@ -320,7 +320,7 @@ class BudgetAware:
     ) -> None:
         self._primary = _policy(primary, "primary")
         self._cheaper = _policy(cheaper, "cheaper")
-        fraction = _core._exact(above, "above")
+        fraction = exact(above, "above")
         if not 0 < fraction <= 1:
             raise InvalidArgument(f"above must be in (0, 1], got {above!r}")
         self._above = fraction

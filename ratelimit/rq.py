@@ -42,9 +42,9 @@ from typing import Any, ParamSpec, TypeVar
 from rq import Retry, get_current_job
 
 from ratelimit import _tasks
-from ratelimit._core import Budget, Rate
-from ratelimit._tasks import BudgetPolicy, Costs, ErrorPolicy, NoCurrentPermit, Quota
-from ratelimit.errors import AcquireTimeout, BudgetExceeded
+from ratelimit._tasks import BudgetPolicy, Costs, ErrorPolicy, Quota
+from ratelimit.core.settings import Budget, Rate
+from ratelimit.errors import AcquireTimeout, BudgetExceeded, NoCurrentPermit
 from ratelimit.limiter import Permit
 
 __all__ = [

@@ -22,13 +22,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ratelimit.errors import LimiterError
+from ratelimit.errors import ServerNotFound
 
 Engine = Literal["redis", "valkey"]
-
-
-class ServerNotFound(LimiterError):
-    """No server binary for the requested engine is installed."""
 
 
 def find_binary(engine: Engine | None = None) -> tuple[Engine, str]:

@@ -15,7 +15,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from ratelimit.server import EmbeddedServer, Engine, ServerNotFound, find_binary
+from ratelimit.errors import ServerNotFound
+from ratelimit.server import EmbeddedServer, Engine, find_binary
 
 
 def _engines() -> list[str]:

@@ -34,14 +34,17 @@ from ratelimit import (
     CostExceedsCapacity,
     InvalidArgument,
     InvalidArgumentType,
-    Ledger,
     Limiter,
     LimiterError,
     LimiterGroup,
     Pricing,
     Rate,
+    Retention,
 )
-from ratelimit._core import ALERT_CHANNEL, ScriptCall, calendar_around, to_nano
+from ratelimit.core.calls import ScriptCall
+from ratelimit.core.keys import ALERT_CHANNEL
+from ratelimit.core.numbers import to_nano
+from ratelimit.core.settings import calendar_around
 from ratelimit.ledger import parse_published_alert, to_csv, to_jsonl, total
 
 PARIS = "Europe/Paris"
@@ -317,7 +320,7 @@ def test_a_settle_replayed_after_a_lost_reply_counts_once(r: redis.Redis) -> Non
         model=SONNET,
         tags=None,
         usage=None,
-        pricing=Pricing.default,
+        pricer=Pricing.default,
         clock_us=server_now_us(r),
     )
     call = next(flow)
@@ -440,7 +443,7 @@ def test_ledger_exports_round_trip(r: redis.Redis) -> None:
 
 def test_ledger_retention_by_maxlen(r: redis.Redis) -> None:
     maxlen = 10
-    limiter = Limiter(r, "short", usd=Budget("5"), ledger=Ledger(maxlen=maxlen))
+    limiter = Limiter(r, "short", usd=Budget("5"), retention=Retention(maxlen=maxlen))
     for _ in range(250):
         limiter.acquire(usd="0.001").settle()
     entries = limiter.ledger_entries()
@@ -664,7 +667,7 @@ def test_an_expired_lease_is_reclaimed_in_full(r: redis.Redis) -> None:
 def test_each_ledger_entry_is_one_msgpack_record(r: redis.Redis) -> None:
     limiter = Limiter(r, "raw", usd=Budget("5"))
     limiter.acquire(usd="0.5", model="claude-haiku-4-5", tags={"job": 7}).settle(usd="0.125")
-    rows: Any = r.xrange(limiter._scope.ledger_key)
+    rows: Any = r.xrange(limiter._scope.keys.ledger)
     ((_, fields),) = rows
     assert set(fields) == {b"rec"}
     record = msgpack.unpackb(fields[b"rec"], raw=False)

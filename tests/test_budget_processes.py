@@ -47,9 +47,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ratelimit import Alert, Budget, BudgetExceeded, Limiter, LimiterError, Permit
-from ratelimit._core import ALERT_CHANNEL, MICRO, NANO, calendar_around
+from ratelimit.core.keys import ALERT_CHANNEL
+from ratelimit.core.numbers import MICRO, NANO
+from ratelimit.core.settings import calendar_around
+from ratelimit.errors import ServerNotFound
 from ratelimit.ledger import parse_published_alert, total
-from ratelimit.server import EmbeddedServer, Engine, ServerNotFound, find_binary
+from ratelimit.server import EmbeddedServer, Engine, find_binary
 
 pytestmark = pytest.mark.slow
 

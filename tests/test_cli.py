@@ -29,7 +29,8 @@ from ratelimit.cli import (
     read_ledger,
     scope_keys,
 )
-from ratelimit.server import ServerNotFound, find_binary
+from ratelimit.errors import ServerNotFound
+from ratelimit.server import find_binary
 
 #: A row of the demo's global table: dimension, admitted, allowed, ...
 _GLOBAL_ROW = re.compile(r"^ +(requests|input_tokens|output_tokens) +([\d,]+) +([\d,]+) ", re.M)
@@ -313,8 +314,8 @@ def test_ledger_reads_in_pages_and_windows(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
         scope = scope_keys(SCOPE, SLOT)
-        assert scope.ledger_key == f"rl:v1:{{{SLOT}}}:{SCOPE}:ledger"
-        assert scope_keys(SCOPE).ledger_key == f"rl:v1:{{{SCOPE}}}:{SCOPE}:ledger"
+        assert scope.ledger == f"rl:v1:{{{SLOT}}}:{SCOPE}:ledger"
+        assert scope_keys(SCOPE).ledger == f"rl:v1:{{{SCOPE}}}:{SCOPE}:ledger"
         entries = limiter.ledger_entries()
         assert list(read_ledger(client, scope, page=1)) == entries
         assert list(read_ledger(client, scope, page=3)) == entries

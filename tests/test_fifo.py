@@ -26,7 +26,7 @@ import redis.asyncio
 
 import ratelimit.asyncio
 from ratelimit import AcquireTimeout, Limiter, Permit, Rate
-from ratelimit._core import ScriptCall
+from ratelimit.core.calls import ScriptCall
 
 RATE = Rate(16, per=1, burst=10)
 US_PER_TOKEN = 62_500  # 1e6 / 16, exact: the rate's fraction is 16/1 micro-units per us
@@ -54,8 +54,8 @@ def level_and_time(limiter: Limiter) -> tuple[int, int]:
     """The tokens level (micro-units) and the server time it was read at."""
     call = next(limiter._plan.state(0))
     assert isinstance(call, ScriptCall)
-    now, levels = limiter._scripts["state"](keys=call.keys, args=call.args)[:2]
-    return int(levels[0]), int(now)
+    reply = limiter._scripts["state"](keys=call.keys, args=call.args)
+    return int(reply[3][0]), int(reply[1])
 
 
 def book(limiter: Limiter, tokens: int) -> Permit:
@@ -151,7 +151,7 @@ def test_a_large_request_is_not_starved_by_small_ones(r: redis.Redis) -> None:
 
 def stored(r: redis.Redis, limiter: Limiter) -> str:
     """The tokens bucket as stored: "level rem den ts" (bucket.lua)."""
-    raw = r.hget(limiter._scope.state_key, "tokens")
+    raw = r.hget(limiter._scope.keys.state, "tokens")
     assert isinstance(raw, bytes)
     return raw.decode()
 
@@ -275,8 +275,8 @@ async def test_an_async_waiter_cancelled_in_the_middle_of_the_line_keeps_its_tok
     async def level() -> tuple[int, int]:
         call = next(limiter._plan.state(0))
         assert isinstance(call, ScriptCall)
-        now, levels = (await limiter._scripts["state"](keys=call.keys, args=call.args))[:2]
-        return int(levels[0]), int(now)
+        reply = await limiter._scripts["state"](keys=call.keys, args=call.args)
+        return int(reply[3][0]), int(reply[1])
 
     async def join(tokens: int, queued: int) -> asyncio.Task[ratelimit.asyncio.Permit]:
         task = asyncio.create_task(limiter.acquire(timeout=30, tokens=tokens))
@@ -287,7 +287,7 @@ async def test_an_async_waiter_cancelled_in_the_middle_of_the_line_keeps_its_tok
     first = await join(3, 2)
     middle = await join(5, 3)
     last = await join(2, 4)
-    bucket = await ar.hget(limiter._scope.state_key, "tokens")
+    bucket = await ar.hget(limiter._scope.keys.state, "tokens")
     before, before_us = await level()
     middle.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -296,7 +296,7 @@ async def test_an_async_waiter_cancelled_in_the_middle_of_the_line_keeps_its_tok
     # Its permit is gone, and nothing credited: only the refill in between.
     assert await ar.hlen(permits_key(limiter)) == 3
     assert after - before == 16 * (after_us - before_us)
-    assert await ar.hget(limiter._scope.state_key, "tokens") == bucket
+    assert await ar.hget(limiter._scope.keys.state, "tokens") == bucket
     # The others keep their places, and a later arrival joins behind the last.
     later = await join(1, 4)
     done = await asyncio.gather(first, last, later)

@@ -19,7 +19,7 @@ from ratelimit import (
     Rate,
     UnknownDimension,
 )
-from ratelimit._core import ScriptCall
+from ratelimit.core.calls import ScriptCall
 
 
 def micro(limiter: Limiter, dimension: str) -> int:
@@ -157,10 +157,10 @@ def test_recreating_a_quota_applies_new_rates(r: redis.Redis) -> None:
 def test_idle_quota_expires(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", requests=Rate(1000, per=1), tokens=Rate(1000, per=1))
     limiter.acquire(requests=5, tokens=10).settle()
-    ttl_ms = r.pttl(limiter._scope.state_key)
+    ttl_ms = r.pttl(limiter._scope.keys.state)
     assert 0 < ttl_ms <= 20
     time.sleep(0.05)
-    assert r.exists(limiter._scope.state_key) == 0  # EXISTS also reaps a lazily expired key
+    assert r.exists(limiter._scope.keys.state) == 0  # EXISTS also reaps a lazily expired key
 
 
 def test_all_keys_of_a_quota_share_one_hash_tag(r: redis.Redis) -> None:

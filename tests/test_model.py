@@ -49,7 +49,8 @@ from hypothesis.stateful import (
 )
 
 from ratelimit import Limiter, Rate
-from ratelimit._core import Flow, ScriptCall, clock_us
+from ratelimit.core.base import clock_us
+from ratelimit.core.calls import Flow, ScriptCall
 
 R = TypeVar("R")
 
@@ -327,7 +328,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         """
         pipe = self.r.pipeline(transaction=True)
         pipe.time()
-        pipe.pexpiretime(self.limiter._scope.state_key)
+        pipe.pexpiretime(self.limiter._scope.keys.state)
         (seconds, micros), expire_ms = pipe.execute()
         if expire_ms == -2:  # gone already: only allowed once every bucket is full
             assert self.all_full(int(seconds) * 1_000_000 + int(micros)), self.model
@@ -361,7 +362,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
             clock_us=clock_us(),
         )
         booking, call, reply = run(self.limiter, flow)
-        admitted, wait, now = (int(v) for v in reply[:3])
+        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
         permit_id = str(call.args[0])  # ARGV[1]
         if booking.permit is not None:
             assert booking.permit.id == permit_id
@@ -411,7 +412,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         permit_id = self.pick(data, current_rates_only=True)
         call, costs, max_wait, rates = self.bookings[permit_id]
         reply = self.limiter._scripts["acquire"](keys=call.keys, args=call.args)
-        admitted, wait, now = (int(v) for v in reply[:3])
+        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
         expected = self.model.acquire(permit_id, costs, max_wait, now, rates)
         assert (admitted, wait) == expected, f"at {now}: {self.model}"
         if admitted:
@@ -432,7 +433,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
             model=None,
             tags=None,
             usage=None,
-            pricing=self.limiter._pricing_table,
+            pricer=self.limiter._pricing,
             clock_us=clock_us(),
         )
         _, _, reply = run(self.limiter, flow)
@@ -471,8 +472,8 @@ class ScriptsMatchModel(RuleBasedStateMachine):
             clock_us(),
         )
         lowered, _, reply = run(self.limiter, flow)
-        now = int(reply[0])
-        assert int(reply[1]) == lowered
+        now = int(reply[1])
+        assert int(reply[3]) == lowered
         expected = self.model.observe(remaining, retry_after, now)
         assert lowered == expected, f"at {now}: {self.model}"
         self.check_ttl(now)
@@ -490,7 +491,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         hash the TTL a write under the new rates would: never shorter than it
         was, and at least until every bucket is full again under the new rates.
         """
-        key = self.limiter._scope.state_key
+        key = self.limiter._scope.keys.state
         pipe = self.r.pipeline(transaction=True)
         pipe.time()
         pipe.hkeys(key)
@@ -528,7 +529,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
     @invariant()
     def levels_match(self) -> None:
         (state, _), _, reply = run(self.limiter, self.limiter._plan.state(clock_us()))
-        now = int(reply[0])
+        now = int(reply[1])
         server = {d: state.rate(d).available_micro for d in state}
         model = {d: self.model.level(d, now) for d in self.model.rates}
         assert server == model, f"at {now}: {self.model}"
@@ -543,7 +544,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         """
         pipe = self.r.pipeline(transaction=True)
         pipe.time()
-        pipe.hgetall(self.limiter._scope.state_key)
+        pipe.hgetall(self.limiter._scope.keys.state)
         (seconds, micros), fields = pipe.execute()
         stored = {
             k.decode(): Bucket(*(int(v) for v in raw.split()))
@@ -634,7 +635,7 @@ def test_a_new_rate_applies_from_the_last_write(r: redis.Redis) -> None:
     model = Model({"requests": ModelRate.of(Rate(7, per=3))}, {}, {})
     flow = first._plan.acquire({"requests": 7}, None, model=None, tags=None, clock_us=clock_us())
     booking, _, reply = run(first, flow)
-    admitted, wait, now = (int(v) for v in reply[:3])
+    admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
     assert booking.permit is not None
     assert (admitted, wait) == (1, 0)
     assert model.acquire(booking.permit.id, {"requests": 7_000_000}, -1, now, model.rates) == (1, 0)
@@ -642,7 +643,7 @@ def test_a_new_rate_applies_from_the_last_write(r: redis.Redis) -> None:
     second = Limiter(r, "q", requests=Rate(1000, per=7, burst=2))
     model.rates = {"requests": ModelRate.of(Rate(1000, per=7, burst=2))}
     (state, _), _, reply = run(second, second._plan.state(clock_us()))
-    later = int(reply[0])
+    later = int(reply[1])
     level = state.rate("requests").available_micro
     assert level == model.level("requests", later)
     # From empty at `now`, 1000/7 micro-units per microsecond, under the new cap of 2 units.
@@ -661,7 +662,7 @@ def test_an_idle_quota_expires_at_the_rate_it_was_last_written_with(r: redis.Red
     """
     fast = Limiter(r, "q", tokens=Rate(100, per=0.1))  # empty -> full again in 0.1 s
     assert fast.try_acquire(tokens=100) is not None
-    key = fast._scope.state_key
+    key = fast._scope.keys.state
     assert 0 < r.pttl(key) <= 102  # 0.1 s, plus the scripts' millisecond of margin
     time.sleep(0.25)  # long past it
     slow = Limiter(r, "q", tokens=Rate(100, per=3600))  # now 100 per hour

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 # where its scripts come from, and makes one admission through them.
 PROBE = """
 import sys
-import ratelimit, ratelimit._scripts as s
+import ratelimit, ratelimit.scripts as s
 from ratelimit import Limiter, Rate
 permit = Limiter(sys.argv[1], "packaging", requests=Rate(5, per=60)).acquire()
 print(ratelimit.__file__)
@@ -50,7 +50,7 @@ def test_scripts_found_from_a_built_wheel(redis_url: str, tmp_path: Path) -> Non
     )  # fmt: skip
     (wheel,) = dist.glob("llm_quota_guard-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for script in ("bucket", "acquire", "settle", "state"):
+    for script in ("lib/bucket", "lib/args", "acquire", "settle", "state"):
         assert f"ratelimit/lua/{script}.lua" in names
     target = tmp_path / "site"
     subprocess.run(

@@ -13,7 +13,7 @@ Europe/Paris leaves summer time on 2026-10-25 (a 25-hour day, 02:00-03:00
 happens twice) and enters it on 2026-03-29 (a 23-hour day, no 02:00-03:00);
 America/New_York leaves it on 2026-11-01, the first day of a monthly period.
 
-The pure tests at the end check :func:`ratelimit._core.calendar_around`, the
+The pure tests at the end check :func:`ratelimit.core.settings.calendar_around`, the
 client-side calendar those boundaries come from.
 """
 
@@ -35,9 +35,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ratelimit import Budget, BudgetExceeded, Limiter
-from ratelimit._core import MICRO, Period, calendar_around
+from ratelimit.core.numbers import MICRO
+from ratelimit.core.settings import Period, calendar_around
+from ratelimit.errors import ServerNotFound
 from ratelimit.ledger import total
-from ratelimit.server import EmbeddedServer, ServerNotFound, find_binary
+from ratelimit.server import EmbeddedServer, find_binary
 
 FAKETIME_LIB = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 PARIS = ZoneInfo("Europe/Paris")

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from ratelimit import server
-from ratelimit.server import EmbeddedServer, ServerNotFound
+from ratelimit.errors import ServerNotFound
+from ratelimit.server import EmbeddedServer
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
--- bucket.lua: shared helpers, prepended to every script when it is loaded.
--- It defines no KEYS/ARGV contract of its own: each script documents its KEYS
--- and ARGV, and calls these functions.
+-- lib/bucket.lua: one rate dimension's token bucket, in exact integers.
 --
--- A dimension's bucket is one field of the quota's state hash:
+-- A dimension's bucket is one field of the scope's state hash:
 --   field = dimension name
 --   value = "<level> <rem> <den> <ts>" (decimal integers)
 --     level  micro-units in the bucket at time ts, after every admission
@@ -18,12 +16,6 @@
 -- with num*den < 2^50, so every product below stays an exact double
 -- (integers below 2^53). A missing field is a full bucket, which is also why
 -- the hash may expire once every bucket in it would be full again.
-
--- Redis server time in microseconds (below 2^53, exact as a double).
-local function now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
 
 -- "level rem den ts" -> table, or nil for an absent bucket.
 local function decode(raw)
@@ -80,15 +72,4 @@ local function wait_for(level, rem, need, num, den)
   local w = math.ceil(ticks / num)
   if (need - level) * den >= 4503599627370496 then w = w + 1 end
   return w
-end
-
--- Keep a key alive at least `ms` more milliseconds, never shortening its TTL
--- (another caller's buckets in the same hash may need longer). With `slack`,
--- a TTL that must grow grows by that much more, so the calls that follow
--- (each needing a little longer) find it long enough and skip the PEXPIRE.
-local function extend_ttl(key, ms, slack)
-  ms = math.ceil(ms)
-  if ms < 1 then ms = 1 end
-  local ttl = redis.call('PTTL', key)
-  if ttl < ms then redis.call('PEXPIRE', key, ms + (slack or 0)) end
 end
