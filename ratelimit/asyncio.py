@@ -34,10 +34,35 @@ from ratelimit.errors import AcquireTimeout
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
 
-__all__ = ["AsyncClient", "Limiter", "LimiterGroup", "Permit", "connect"]
+__all__ = ["AsyncClient", "Limiter", "LimiterGroup", "Permit", "connect", "drive"]
 
 AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 R = TypeVar("R")
+
+
+async def drive(
+    client: AsyncClient, flow: Flow[R], scripts: Mapping[str, AsyncScript] | None = None
+) -> R:
+    """Asyncio twin of :func:`ratelimit.limiter.drive`."""
+    try:
+        call = next(flow)
+        while True:
+            try:
+                if isinstance(call, ScriptCall):
+                    if scripts is None:
+                        raise TypeError(f"no scripts to run {call.script!r} with")
+                    reply = await scripts[call.script](keys=call.keys, args=call.args)
+                else:
+                    reply = await getattr(client, call.method)(*call.args, **call.kwargs)
+            except redis.exceptions.RedisError as exc:
+                error = backend_error(exc)
+                error.__cause__ = exc
+                call = flow.throw(error)
+            else:
+                call = flow.send(reply)
+    except StopIteration as stop:
+        result: R = stop.value
+        return result
 
 
 class _Shell(LimiterBase):
@@ -50,24 +75,7 @@ class _Shell(LimiterBase):
         return Pricing.default()
 
     async def _drive(self, flow: Flow[R]) -> R:
-        """Run a core flow: each script call it yields goes to Redis, each reply back."""
-        try:
-            call = next(flow)
-            while True:
-                try:
-                    if isinstance(call, ScriptCall):
-                        reply = await self._scripts[call.script](keys=call.keys, args=call.args)
-                    else:
-                        reply = await getattr(self.client, call.method)(*call.args, **call.kwargs)
-                except redis.exceptions.RedisError as exc:
-                    error = backend_error(exc)
-                    error.__cause__ = exc
-                    call = flow.throw(error)
-                else:
-                    call = flow.send(reply)
-        except StopIteration as stop:
-            result: R = stop.value
-            return result
+        return await drive(self.client, flow, self._scripts)
 
     async def _deliver(self, alerts: tuple[Alert, ...] | list[Alert]) -> None:
         for alert in alerts:

@@ -29,10 +29,37 @@ from ratelimit.errors import AcquireTimeout
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
 
-__all__ = ["Limiter", "LimiterGroup", "Permit", "SyncClient", "connect"]
+__all__ = ["Limiter", "LimiterGroup", "Permit", "SyncClient", "connect", "drive"]
 
 SyncClient = redis.Redis | redis.cluster.RedisCluster
 R = TypeVar("R")
+
+
+def drive(client: SyncClient, flow: Flow[R], scripts: Mapping[str, Script] | None = None) -> R:
+    """Run a core flow on ``client``: each call it yields goes to Redis, each reply back.
+
+    ``scripts`` carries out its script calls; a flow of plain reads (the
+    ledger's) needs none.
+    """
+    try:
+        call = next(flow)
+        while True:
+            try:
+                if isinstance(call, ScriptCall):
+                    if scripts is None:
+                        raise TypeError(f"no scripts to run {call.script!r} with")
+                    reply = scripts[call.script](keys=call.keys, args=call.args)
+                else:
+                    reply = getattr(client, call.method)(*call.args, **call.kwargs)
+            except redis.exceptions.RedisError as exc:
+                error = backend_error(exc)
+                error.__cause__ = exc
+                call = flow.throw(error)
+            else:
+                call = flow.send(reply)
+    except StopIteration as stop:
+        result: R = stop.value
+        return result
 
 
 class _Shell(LimiterBase):
@@ -45,24 +72,7 @@ class _Shell(LimiterBase):
         return Pricing.default()
 
     def _drive(self, flow: Flow[R]) -> R:
-        """Run a core flow: each script call it yields goes to Redis, each reply back."""
-        try:
-            call = next(flow)
-            while True:
-                try:
-                    if isinstance(call, ScriptCall):
-                        reply = self._scripts[call.script](keys=call.keys, args=call.args)
-                    else:
-                        reply = getattr(self.client, call.method)(*call.args, **call.kwargs)
-                except redis.exceptions.RedisError as exc:
-                    error = backend_error(exc)
-                    error.__cause__ = exc
-                    call = flow.throw(error)
-                else:
-                    call = flow.send(reply)
-        except StopIteration as stop:
-            result: R = stop.value
-            return result
+        return drive(self.client, flow, self._scripts)
 
     def _deliver(self, alerts: tuple[Alert, ...] | list[Alert]) -> None:
         for alert in alerts:
