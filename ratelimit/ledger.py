@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import msgpack  # type: ignore[import-untyped]
 
@@ -25,9 +25,12 @@ from ratelimit.core.results import Alert
 from ratelimit.errors import BackendError
 
 __all__ = [
+    "FiredAlert",
     "LedgerEntry",
     "parse_alert",
     "parse_entry",
+    "parse_fired_alert",
+    "parse_fired_published_alert",
     "parse_published_alert",
     "parse_spend",
     "to_csv",
@@ -84,13 +87,18 @@ def _fields(fields: object) -> dict[str, Any]:
     return {text(k): v for k, v in fields.items()}
 
 
+def _from_us(micros: object) -> datetime:
+    """A UTC datetime from Redis microseconds."""
+    return datetime.fromtimestamp(int(text(micros)) / MICRO, UTC)
+
+
 def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
     """A ledger entry from an ``XRANGE`` row."""
     try:
         record = msgpack.unpackb(_fields(fields)["rec"], raw=False)
         return LedgerEntry(
             stream_id=text(stream_id),
-            time=datetime.fromtimestamp(int(record["t"]) / MICRO, UTC),
+            time=_from_us(record["t"]),
             scope=str(record["scope"]),
             permit_id=str(record["id"]),
             kind=str(record["kind"]),
@@ -117,24 +125,6 @@ def parse_spend(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dic
     return spend
 
 
-def parse_alert(fields: object) -> Alert:
-    """An alert from a row of a scope's alerts stream."""
-    values = {k: text(v) for k, v in _fields(fields).items()}
-    return Alert(
-        threshold=int(values["threshold_ppm"]) / MICRO,
-        scope=values["scope"],
-        spent=usd(int(values["spent"])),
-        limit=usd(int(values["limit"])),
-        period=values["period"],
-    )
-
-
-def parse_published_alert(message: bytes | str) -> Alert:
-    """An alert from a message on :data:`ratelimit.ALERT_CHANNEL` (tab-separated fields)."""
-    scope, ppm, spent, limit, period, _t = text(message).split("\t")
-    return Alert(int(ppm) / MICRO, scope, usd(int(spent)), usd(int(limit)), period)
-
-
 def parse_saved(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dict[str, Decimal]]:
     """What cache hits saved, as ``{day: {model: USD}}``, optionally for one day only."""
     saved: dict[str, dict[str, Decimal]] = {}
@@ -146,10 +136,76 @@ def parse_saved(raw: Mapping[Any, Any], day: str | None = None) -> dict[str, dic
     return saved
 
 
-def stream_bounds(since: datetime | None, until: datetime | None) -> tuple[str, str]:
-    """``XRANGE`` bounds for entries settled in [since, until] (stream IDs are milliseconds)."""
+class FiredAlert(NamedTuple):
+    """An alert with the Redis time its threshold was crossed."""
+
+    fired: datetime
+    """Redis time of the settle that crossed the threshold, UTC."""
+    alert: Alert
+
+
+def _alert(scope: str, ppm: str, spent: str, limit: str, period: str) -> Alert:
+    return Alert(int(ppm) / MICRO, scope, usd(int(spent)), usd(int(limit)), period)
+
+
+def parse_alert(fields: object) -> Alert:
+    """An alert from a row of a scope's alerts stream."""
+    values = {k: text(v) for k, v in _fields(fields).items()}
+    return _alert(
+        values["scope"], values["threshold_ppm"], values["spent"], values["limit"], values["period"]
+    )
+
+
+def parse_fired_alert(stream_id: object, fields: object) -> FiredAlert:
+    """An alert from an ``XRANGE`` row of a scope's alerts stream, with when it fired.
+
+    The time is the row's ``t`` field (Redis microseconds); a row without one
+    is dated by its stream ID (Redis milliseconds).
+    """
+    micros = _fields(fields).get("t")
+    if micros is None:
+        fired = datetime.fromtimestamp(int(text(stream_id).partition("-")[0]) / 1000, UTC)
+    else:
+        fired = _from_us(micros)
+    return FiredAlert(fired, parse_alert(fields))
+
+
+def _published(message: bytes | str) -> tuple[Alert, str]:
+    """A published alert's fields (tab-separated), the last one its time in microseconds."""
+    scope, ppm, spent, limit, period, micros = text(message).split("\t")
+    return _alert(scope, ppm, spent, limit, period), micros
+
+
+def parse_published_alert(message: bytes | str) -> Alert:
+    """An alert from a message on :data:`ratelimit.ALERT_CHANNEL` (tab-separated fields)."""
+    return _published(message)[0]
+
+
+def parse_fired_published_alert(message: bytes | str) -> FiredAlert:
+    """An alert from a message on :data:`ratelimit.ALERT_CHANNEL`, with when it fired.
+
+    Raises ``ValueError`` for a message that is not an alert.
+    """
+    alert, micros = _published(message)
+    return FiredAlert(_from_us(micros), alert)
+
+
+def stream_bounds(
+    since: datetime | None, until: datetime | None, after: str | None = None
+) -> tuple[str, str]:
+    """``XRANGE`` bounds for entries settled in [since, until] (stream IDs are milliseconds).
+
+    With ``after`` (a stream ID), the range starts past that entry: how a
+    reader resumes where its last page ended.
+    """
     start = "-" if since is None else str(int(since.timestamp() * 1000))
     end = "+" if until is None else str(int(until.timestamp() * 1000))
+    if after is not None:
+        millis, _, sequence = after.partition("-")
+        # The smallest ID after ``after``: an exclusive start that every server takes.
+        resume = (int(millis), int(sequence or 0) + 1)
+        if since is None or resume > (int(start), 0):
+            start = f"{resume[0]}-{resume[1]}"
     return start, end
 
 
@@ -184,10 +240,19 @@ def total(entries: Sequence[LedgerEntry]) -> Decimal:
 
 
 def read_entries(
-    keys: ScopeKeys, since: datetime | None, until: datetime | None, count: int | None
+    keys: ScopeKeys,
+    since: datetime | None,
+    until: datetime | None,
+    count: int | None,
+    after: str | None = None,
 ) -> Flow[list[LedgerEntry]]:
-    """A scope's ledger entries settled between ``since`` and ``until``, oldest first."""
-    start, end = stream_bounds(since, until)
+    """A scope's ledger entries settled between ``since`` and ``until``, oldest first.
+
+    At most ``count`` of them, starting past the stream ID ``after`` when
+    given: a long ledger is read page by page, each page starting after the
+    last entry of the one before (``after=page[-1].stream_id``).
+    """
+    start, end = stream_bounds(since, until, after)
     rows = yield ClientCall("xrange", (keys.ledger, start, end), {"count": count})
     return [parse_entry(stream_id, fields) for stream_id, fields in rows or []]
 
@@ -202,7 +267,25 @@ def read_saved(keys: ScopeKeys, day: str | None) -> Flow[dict[str, dict[str, Dec
     return parse_saved((yield ClientCall("hgetall", (keys.spend,))) or {}, day)
 
 
+def read_spend_and_saved(
+    keys: ScopeKeys, day: str | None
+) -> Flow[tuple[dict[str, dict[str, Decimal]], dict[str, dict[str, Decimal]]]]:
+    """A scope's spend and what cache hits saved it, from one read of its counters."""
+    raw = (yield ClientCall("hgetall", (keys.spend,))) or {}
+    return parse_spend(raw, day), parse_saved(raw, day)
+
+
 def read_alerts(keys: ScopeKeys, count: int | None) -> Flow[list[Alert]]:
     """A scope's alert history, oldest first."""
     rows = yield ClientCall("xrange", (keys.alerts,), {"count": count})
     return [parse_alert(fields) for _, fields in rows or []]
+
+
+def read_fired_alerts(keys: ScopeKeys, last: int | None = None) -> Flow[list[FiredAlert]]:
+    """A scope's alerts with when each fired, oldest first: all, or the ``last`` few."""
+    if last is None:
+        rows = yield ClientCall("xrange", (keys.alerts,))
+    else:
+        rows = (yield ClientCall("xrevrange", (keys.alerts,), {"count": last})) or []
+        rows = rows[::-1]
+    return [parse_fired_alert(stream_id, fields) for stream_id, fields in rows or []]

@@ -32,7 +32,7 @@ class ScriptCall:
 class ClientCall:
     """A plain client command (a read of the ledger or counters), by method name."""
 
-    method: Literal["xrange", "hgetall"]
+    method: Literal["xrange", "xrevrange", "hgetall"]
     args: tuple[object, ...]
     kwargs: dict[str, object] = field(default_factory=dict)
 
