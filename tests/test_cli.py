@@ -20,15 +20,11 @@ import pytest
 import redis
 
 from ratelimit import Budget, Limiter, Rate, ledger
-from ratelimit.cli import (
-    CallShape,
-    check_limit,
-    demo_rates,
-    format_usd,
-    main,
-    read_ledger,
-    scope_keys,
-)
+from ratelimit.cli import main
+from ratelimit.cli.demo.workload import CallShape, check_limit, demo_rates
+from ratelimit.cli.output import format_usd
+from ratelimit.cli.readers import read_ledger
+from ratelimit.core.keys import ScopeKeys
 from ratelimit.errors import ServerNotFound
 from ratelimit.server import find_binary
 
@@ -141,7 +137,7 @@ def test_check_limit_flags_over_admission() -> None:
 def test_buckets_always_hold_the_largest_call() -> None:
     # A tiny quota with a short burst: a bucket smaller than one call would
     # make that call wait forever (CostExceedsCapacity).
-    shape = CallShape.for_quota(6, 100, 10)
+    shape = CallShape.for_rates(6, 100, 10)
     rates = demo_rates(6, 100, 10, 0.5, shape)
     for dimension, largest in shape.largest().items():
         assert rates[dimension].capacity >= largest
@@ -313,9 +309,9 @@ def test_ledger_reads_in_pages_and_windows(redis_url: str) -> None:
     limiter = budgeted(redis_url)
     client = redis.Redis.from_url(redis_url)
     try:
-        scope = scope_keys(SCOPE, SLOT)
+        scope = ScopeKeys(SCOPE, SLOT)
         assert scope.ledger == f"rl:v1:{{{SLOT}}}:{SCOPE}:ledger"
-        assert scope_keys(SCOPE).ledger == f"rl:v1:{{{SCOPE}}}:{SCOPE}:ledger"
+        assert ScopeKeys(SCOPE, SCOPE).ledger == f"rl:v1:{{{SCOPE}}}:{SCOPE}:ledger"
         entries = limiter.ledger_entries()
         assert list(read_ledger(client, scope, page=1)) == entries
         assert list(read_ledger(client, scope, page=3)) == entries

@@ -1,0 +1,20 @@
+"""The ``ratelimit`` command line (the console script and ``python -m ratelimit``).
+
+``ratelimit demo`` is the main job: N worker processes share one scope, each
+booking simulated LLM calls through :class:`~ratelimit.Limiter`, and at the
+end the demo checks, with the server's clock, that the limiter never admitted
+more than its buckets allow (``burst + rate x elapsed`` in every dimension).
+
+``ratelimit ledger``, ``spend`` and ``alerts`` read a deployment's Redis and
+change nothing: a scope's ledger entries (as a table, CSV or JSON Lines), its
+spend per day and model, and its budget alerts, past or as they fire.
+
+- :mod:`~ratelimit.cli.parser`: the arguments of every command, and :func:`main`.
+- :mod:`~ratelimit.cli.demo`: the demo (workload, workers, progress, run, report).
+- :mod:`~ratelimit.cli.readers`: the read-only commands, over :mod:`ratelimit.ledger`.
+- :mod:`~ratelimit.cli.output`: exit statuses, tables, numbers and money, for all of them.
+"""
+
+from ratelimit.cli.parser import main
+
+__all__ = ["main"]
