@@ -1,7 +1,7 @@
-"""Celery tasks that take the shared quota before their body runs.
+"""Celery tasks that take their cost from a shared limiter before their body runs.
 
-``rate_limited`` goes under ``@app.task``: each run of the task first takes
-its cost from the quota, then runs the body, then settles::
+``rate_limited`` goes under ``@app.task``; what it does is the same as for
+RQ and told in :mod:`ratelimit.tasks`::
 
     from celery import Celery
     from ratelimit import Budget, Rate
@@ -11,7 +11,7 @@ its cost from the quota, then runs the body, then settles::
 
     @app.task(bind=True, max_retries=None)
     @rate_limited(
-        url="redis://quota:6379/0", name="anthropic/sonnet",
+        url="redis://limits:6379/0", name="anthropic/sonnet",
         requests=Rate(50, per=60), input_tokens=Rate(40_000, per=60),
         usd=Budget("20.00", per="day"),
         costs=lambda prompt, max_tokens: {"input_tokens": len(prompt) // 3, "usd": 0.05},
@@ -21,30 +21,29 @@ its cost from the quota, then runs the body, then settles::
         current_permit().settle(model=reply.model, usage=reply.usage)
         return reply.content[0].text
 
-When the quota has no room now, the task is retried later through Celery
-(``self.retry(countdown=retry_after + jitter)``), so no worker slot is held
-while waiting; a budget that cannot take the cost fails the task at once with
-:class:`~ratelimit.errors.BudgetExceeded` (or, on request, retries it when the
-budget's period resets).
-
-Importing :mod:`ratelimit` never imports this module or Celery.
+What is Celery's own: a run that cannot be admitted now is retried through
+Celery (``self.retry(countdown=retry_after + jitter)``), counting against the
+task's ``max_retries``, so no worker slot is held while it waits; a bound
+task's ``self`` is not passed to ``costs``; and a task run eagerly
+(``apply()``, ``task_always_eager``) waits in place for its turn instead,
+since Celery would re-run an eager retry at once.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from celery import Task
 from celery import current_task as _current_task
 
-from ratelimit import _tasks
-from ratelimit._tasks import BudgetPolicy, Costs, ErrorPolicy, Quota
+from ratelimit import tasks
 from ratelimit.core.settings import Budget, Rate
 from ratelimit.errors import AcquireTimeout, BudgetExceeded, NoCurrentPermit
 from ratelimit.limiter import Permit
+from ratelimit.tasks import Actual, AnyLimiter, BudgetPolicy, Costs, ErrorPolicy
 
 __all__ = [
     "BudgetPolicy",
@@ -58,7 +57,7 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_celery = _tasks.Integration("ratelimit.celery", "task")
+_celery = tasks.Integration("ratelimit.celery", "task")
 
 
 def current_permit() -> Permit:
@@ -81,11 +80,11 @@ def _running_task(args: tuple[Any, ...]) -> tuple[Any, bool]:
 
 def rate_limited(
     *,
-    limiter: Callable[[], Quota] | None = None,
+    limiter: Callable[[], AnyLimiter] | None = None,
     url: str | None = None,
     name: str | None = None,
     costs: Costs | None = None,
-    actual: Callable[[Any], Mapping[str, object] | None] | None = None,
+    actual: Actual | None = None,
     wait_s: float = 0.0,
     jitter_s: float = 1.0,
     max_retries: int | None = None,
@@ -93,9 +92,9 @@ def rate_limited(
     on_error: ErrorPolicy = "cancel",
     **dimensions: Rate | Budget,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Make a Celery task take its cost from a shared quota before its body runs.
+    """Make a Celery task take its cost from a shared limiter before its body runs.
 
-    Put it under ``@app.task`` (bound or not). The quota is ``limiter()``, a
+    Put it under ``@app.task`` (bound or not). The limiter is ``limiter()``, a
     factory called once in each worker process, or ``Limiter(url, name,
     **dimensions)`` built lazily the same way (prefork children must not share
     a connection made before the fork).
@@ -107,11 +106,11 @@ def rate_limited(
 
     Admission waits in place at most ``wait_s`` seconds. When it would take
     longer, nothing is consumed and the task is retried through Celery after
-    the ``retry_after`` seconds the quota reported plus a uniformly random
+    the ``retry_after`` seconds the limiter reported plus a uniformly random
     ``0..jitter_s`` seconds (so a herd of refused tasks does not return at
     once); the worker slot is free meanwhile. Retries count against
     ``max_retries`` (None: the task's own ``max_retries``, which Celery sets to
-    3 unless told otherwise: a task that may queue for its quota usually wants
+    3 unless told otherwise: a task that may queue for its turn usually wants
     more, or None for no limit); when they run out the task fails with
     :class:`~ratelimit.errors.AcquireTimeout`.
 
@@ -130,10 +129,10 @@ def rate_limited(
     eagerly (``apply()``, ``task_always_eager``), it waits in place for its
     turn, since Celery would re-run an eager retry at once.
     """
-    quota = _tasks.LazyQuota(limiter, url, name, dimensions)
-    admission = _tasks.Admission(quota, costs, wait_s, jitter_s, on_budget_exceeded)
-    settler = _tasks.Settler(_celery, actual, on_error)
-    _tasks.check_max_retries(max_retries, none_ok=True)
+    lazy = tasks.LazyLimiter(limiter, url, name, dimensions)
+    admission = tasks.Admission(lazy, costs, wait_s, jitter_s, on_budget_exceeded)
+    settler = tasks.Settler(_celery, actual, on_error)
+    tasks.check_max_retries(max_retries, none_ok=True)
     retry_options: dict[str, Any] = {} if max_retries is None else {"max_retries": max_retries}
 
     def decorate(body: Callable[P, R]) -> Callable[P, R]:
@@ -150,7 +149,7 @@ def rate_limited(
                     # apply() and task_always_eager re-run a retry at once, in
                     # this thread, ignoring its countdown: a busy loop. There
                     # is no slot to free, so take a place in line instead.
-                    permit = quota.get().acquire(None, **cost)
+                    permit = lazy.get().acquire(None, **cost)
                 else:
                     # retry() raises Retry (or, out of retries, this AcquireTimeout).
                     countdown = exc.retry_after + admission.jitter()

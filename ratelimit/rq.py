@@ -1,7 +1,7 @@
-"""RQ jobs that take the shared quota before their function runs.
+"""RQ jobs that take their cost from a shared limiter before their function runs.
 
-``rate_limited`` decorates a job function: each run of the job first takes
-its cost from the quota, then runs the function, then settles::
+``rate_limited`` decorates a job function; what it does is the same as for
+Celery and told in :mod:`ratelimit.tasks`::
 
     from redis import Redis
     from rq import Queue
@@ -9,7 +9,7 @@ its cost from the quota, then runs the function, then settles::
     from ratelimit.rq import current_permit, rate_limited
 
     @rate_limited(
-        url="redis://quota:6379/0", name="anthropic/sonnet",
+        url="redis://limits:6379/0", name="anthropic/sonnet",
         requests=Rate(50, per=60), input_tokens=Rate(40_000, per=60),
         costs=lambda prompt: {"input_tokens": len(prompt) // 3},
     )
@@ -20,14 +20,11 @@ its cost from the quota, then runs the function, then settles::
 
     Queue(connection=Redis()).enqueue(summarize, "...")
 
-Run the workers with ``rq worker --with-scheduler``: when the quota has no
-room now, the job returns an :class:`rq.Retry` with an interval, and RQ's
-scheduler puts it back on its queue later (same job id, so its dependents
-keep waiting for it); no worker is held meanwhile. A budget that cannot take
-the cost fails the job at once with :class:`~ratelimit.errors.BudgetExceeded`
-(or, on request, retries it when the budget's period resets).
-
-Importing :mod:`ratelimit` never imports this module or RQ.
+What is RQ's own: run the workers with ``rq worker --with-scheduler``. A job
+that cannot be admitted now returns an :class:`rq.Retry` with an interval in
+whole seconds, and RQ's scheduler puts it back on its queue then (same job
+id, so its dependents keep waiting for it); no worker is held meanwhile. A
+budget's refusal also switches off RQ's own retry-on-failure for that run.
 """
 
 from __future__ import annotations
@@ -35,17 +32,17 @@ from __future__ import annotations
 import functools
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from rq import Retry, get_current_job
 
-from ratelimit import _tasks
-from ratelimit._tasks import BudgetPolicy, Costs, ErrorPolicy, Quota
+from ratelimit import tasks
 from ratelimit.core.settings import Budget, Rate
 from ratelimit.errors import AcquireTimeout, BudgetExceeded, NoCurrentPermit
 from ratelimit.limiter import Permit
+from ratelimit.tasks import Actual, AnyLimiter, BudgetPolicy, Costs, ErrorPolicy
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -60,10 +57,10 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: How many times a job may be put back for want of quota before it fails.
+#: How many times a job may be put back for want of room before it fails.
 DEFAULT_MAX_RETRIES = 100
 
-_rq = _tasks.Integration("ratelimit.rq", "job")
+_rq = tasks.Integration("ratelimit.rq", "job")
 
 
 def current_permit() -> Permit:
@@ -94,11 +91,11 @@ def _retries(job: Any) -> int:
 
 def rate_limited(
     *,
-    limiter: Callable[[], Quota] | None = None,
+    limiter: Callable[[], AnyLimiter] | None = None,
     url: str | None = None,
     name: str | None = None,
     costs: Costs | None = None,
-    actual: Callable[[Any], Mapping[str, object] | None] | None = None,
+    actual: Actual | None = None,
     wait_s: float = 0.0,
     jitter_s: float = 1.0,
     max_retries: int = DEFAULT_MAX_RETRIES,
@@ -106,9 +103,9 @@ def rate_limited(
     on_error: ErrorPolicy = "cancel",
     **dimensions: Rate | Budget,
 ) -> Callable[[Callable[P, R]], Callable[P, R | Retry]]:
-    """Make an RQ job function take its cost from a shared quota before it runs.
+    """Make an RQ job function take its cost from a shared limiter before it runs.
 
-    The quota is ``limiter()``, a factory called once in each process that
+    The limiter is ``limiter()``, a factory called once in each process that
     runs the job (each work horse of a forking worker), or ``Limiter(url,
     name, **dimensions)`` built lazily the same way, so no connection is
     shared across a fork.
@@ -120,11 +117,11 @@ def rate_limited(
     Admission waits in place at most ``wait_s`` seconds (counted in the job's
     timeout). When it would take longer, nothing is consumed and the job
     returns an :class:`rq.Retry` whose interval is the ``retry_after`` seconds
-    the quota reported plus a uniformly random ``0..jitter_s`` seconds, rounded
+    the limiter reported plus a uniformly random ``0..jitter_s`` seconds, rounded
     up to whole seconds (at least 1): RQ's scheduler (``rq worker
     --with-scheduler``) re-enqueues the same job then, and no worker is held.
     Since that scheduler works in whole seconds, a ``wait_s`` of a second or
-    so suits quotas whose ``retry_after`` is usually shorter. After
+    so suits limiters whose ``retry_after`` is usually shorter. After
     ``max_retries`` such retries (``job.number_of_retries``) the job fails with
     :class:`~ratelimit.errors.AcquireTimeout`.
 
@@ -142,10 +139,10 @@ def rate_limited(
     reservation. Called outside a worker, a refused admission raises
     :class:`~ratelimit.errors.AcquireTimeout`.
     """
-    quota = _tasks.LazyQuota(limiter, url, name, dimensions)
-    admission = _tasks.Admission(quota, costs, wait_s, jitter_s, on_budget_exceeded)
-    settler = _tasks.Settler(_rq, actual, on_error)
-    _tasks.check_max_retries(max_retries, none_ok=False)
+    lazy = tasks.LazyLimiter(limiter, url, name, dimensions)
+    admission = tasks.Admission(lazy, costs, wait_s, jitter_s, on_budget_exceeded)
+    settler = tasks.Settler(_rq, actual, on_error)
+    tasks.check_max_retries(max_retries, none_ok=False)
 
     def decorate(body: Callable[P, R]) -> Callable[P, R | Retry]:
         @functools.wraps(body)

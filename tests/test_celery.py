@@ -34,8 +34,8 @@ from task_queue_helpers import (
 )
 
 from ratelimit import Budget, Limiter, Rate
-from ratelimit._tasks import LazyQuota
 from ratelimit.celery import NoCurrentPermit, current_permit, rate_limited
+from ratelimit.tasks import LazyLimiter
 
 #: The database the workers' broker, results and quotas use: not the one the
 #: other tests empty between them.
@@ -229,20 +229,20 @@ def test_the_limiter_is_built_once_per_process(redis_url: str) -> None:
         built.append(os.getpid())
         return Limiter(redis_url, "local", requests=Rate(10))
 
-    quota = LazyQuota(factory, None, None, {})
-    parent = quota.get()
-    assert quota.get() is parent
+    lazy = LazyLimiter(factory, None, None, {})
+    parent = lazy.get()
+    assert lazy.get() is parent
     pid = os.fork()
     if pid == 0:  # the child: a limiter of its own, not the parent's
-        os._exit(0 if quota.get() is not parent and quota.get() is quota.get() else 1)
+        os._exit(0 if lazy.get() is not parent and lazy.get() is lazy.get() else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert built == [os.getpid()]
 
 
 def test_limiters_from_one_url_are_shared_in_a_process(redis_url: str) -> None:
-    one = LazyQuota(None, redis_url, "shared", {"requests": Rate(10)})
-    two = LazyQuota(None, redis_url, "shared", {"requests": Rate(10)})
-    other = LazyQuota(None, redis_url, "other", {"requests": Rate(10)})
+    one = LazyLimiter(None, redis_url, "shared", {"requests": Rate(10)})
+    two = LazyLimiter(None, redis_url, "shared", {"requests": Rate(10)})
+    other = LazyLimiter(None, redis_url, "other", {"requests": Rate(10)})
     assert one.get() is two.get()
     assert other.get() is not one.get()

@@ -1,14 +1,29 @@
-"""What :mod:`ratelimit.celery` and :mod:`ratelimit.rq` share.
+"""The shared machinery of the task-queue integrations, ratelimit.celery and ratelimit.rq.
 
-Both decorate a task (a Celery task or an RQ job function) so that each run
-first takes its cost from the quota, then runs the body, then settles. Only
-what happens when admission is refused (a Celery ``self.retry``, an RQ
-``Retry``) belongs to the queue; everything else is here: the limiter built
-lazily once per process (and afresh after a fork), the cost of a run, the
-current permit, settling or cancelling it once the body has run, and the
-checks of ``rate_limited``'s options.
+Each of them offers ``rate_limited``, which decorates a task (a Celery task
+or an RQ job function) so that each run first takes its cost from a shared
+limiter, then runs the body, then settles, and ``current_permit()``, the
+permit of the body running now. Only what becomes of a run that cannot be
+admitted now belongs to the queue (a Celery ``self.retry``, an RQ
+``Retry``): either way it comes back later and holds no worker meanwhile.
+Everything else is here, and behaves the same in both:
 
-This module imports neither Celery nor RQ.
+- the limiter, ``limiter()`` (a factory) or ``Limiter(url, name,
+  **dimensions)``, built lazily once per process and afresh after a fork,
+  since a connection opened before a fork must not be shared across it;
+- the run's cost (``costs``: a mapping, or a callable given the task's
+  arguments; ``model`` and ``tags`` in it label the ledger entry), how long
+  admission may wait in place (``wait_s``) and the random delay added to a
+  retry (``jitter_s``);
+- a budget that cannot take the cost fails the run at once with
+  :class:`~ratelimit.errors.BudgetExceeded`, or, with
+  ``on_budget_exceeded="retry_at_reset"``, retries it when the period resets;
+- once the body returns, its permit is settled with ``actual(result)``
+  unless the body settled it itself; when the body raises, ``on_error``
+  cancels the permit or keeps its reservation as the charge.
+
+Importing :mod:`ratelimit` imports neither integration, and this module
+imports neither Celery nor RQ.
 """
 
 from __future__ import annotations
@@ -28,7 +43,8 @@ from ratelimit.limiter import Limiter, LimiterGroup, Permit
 
 R = TypeVar("R")
 
-Quota = Limiter | LimiterGroup
+#: What a task takes its cost from: one limiter, or a group checked as one.
+AnyLimiter = Limiter | LimiterGroup
 #: What a task costs: a mapping of dimension name to amount (``model`` and
 #: ``tags`` label the ledger entry), or a callable that computes one from the
 #: task's arguments (without a bound Celery task's ``self``).
@@ -70,13 +86,13 @@ class Integration:
         return permit
 
 
-# -- the quota, built once per process ----------------------------------------
+# -- the limiter, built once per process --------------------------------------
 
 
 class _ProcessLimiters:
-    """Limiters built from a URL in this process, by quota.
+    """Limiters built from a URL in this process, by scope.
 
-    Every task of the process that names the same quota shares one limiter
+    Every task of the process that names the same scope shares one limiter
     (one connection pool); after a fork the child starts afresh, since the
     parent's connections are not its to use.
     """
@@ -84,23 +100,23 @@ class _ProcessLimiters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._pid = os.getpid()
-        self._limiters: dict[str, Quota] = {}
+        self._limiters: dict[str, AnyLimiter] = {}
 
-    def get(self, key: str, build: Callable[[], Quota]) -> Quota:
+    def get(self, key: str, build: Callable[[], AnyLimiter]) -> AnyLimiter:
         """The limiter for ``key``, made by ``build`` if this process has none (lock held)."""
         if self._pid != os.getpid():
             self._limiters.clear()
             self._pid = os.getpid()
-        quota = self._limiters.get(key)
-        if quota is None:
-            quota = self._limiters[key] = build()
-        return quota
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            limiter = self._limiters[key] = build()
+        return limiter
 
 
 _process_limiters = _ProcessLimiters()
 
 
-class LazyQuota:
+class LazyLimiter:
     """A limiter made on first use in each process, never inherited across a fork.
 
     Celery's prefork children are forked from the main worker process after it
@@ -111,7 +127,7 @@ class LazyQuota:
 
     def __init__(
         self,
-        factory: Callable[[], Quota] | None,
+        factory: Callable[[], AnyLimiter] | None,
         url: str | None,
         name: str | None,
         dimensions: Mapping[str, Rate | Budget],
@@ -128,9 +144,9 @@ class LazyQuota:
         self._name = name or ""
         self._dimensions: dict[str, Any] = dict(dimensions)
         self._key = f"{url}\x00{name}\x00{sorted(self._dimensions.items())!r}"
-        self._built: tuple[int, Quota] | None = None
+        self._built: tuple[int, AnyLimiter] | None = None
 
-    def get(self) -> Quota:
+    def get(self) -> AnyLimiter:
         """This process's limiter, built now if it has none yet."""
         pid = os.getpid()
         built = self._built
@@ -138,13 +154,13 @@ class LazyQuota:
             return built[1]
         with _process_limiters.lock:
             if self._factory is not None:
-                quota = self._factory()
+                limiter = self._factory()
             else:
-                quota = _process_limiters.get(self._key, self._from_url)
-            self._built = (pid, quota)
-        return quota
+                limiter = _process_limiters.get(self._key, self._from_url)
+            self._built = (pid, limiter)
+        return limiter
 
-    def _from_url(self) -> Quota:
+    def _from_url(self) -> AnyLimiter:
         return Limiter(self._url, self._name, **self._dimensions)
 
 
@@ -183,13 +199,13 @@ class Admission:
 
     def __init__(
         self,
-        quota: LazyQuota,
+        limiter: LazyLimiter,
         costs: Costs | None,
         wait_s: float,
         jitter_s: float,
         on_budget_exceeded: BudgetPolicy,
     ) -> None:
-        self.quota = quota
+        self.limiter = limiter
         self.costs = costs
         self.wait_s = check_seconds(wait_s, "wait_s")
         self.jitter_s = check_seconds(jitter_s, "jitter_s")
@@ -210,7 +226,7 @@ class Admission:
 
     def acquire(self, cost: Mapping[str, Any]) -> Permit:
         """Take ``cost`` from this process's limiter, waiting in place at most ``wait_s``."""
-        return self.quota.get().acquire(self.wait_s, **cost)
+        return self.limiter.get().acquire(self.wait_s, **cost)
 
     def jitter(self) -> float:
         """A uniformly random ``0..jitter_s`` seconds, to spread out a herd of retries."""
