@@ -60,8 +60,7 @@ and :data:`~ratelimit.anthropic.retry.RETRY_MAX_S`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, overload
+from typing import Any, Unpack, overload
 
 try:
     import anthropic
@@ -80,7 +79,7 @@ from ratelimit.anthropic.async_client import (
     AsyncLimitedAnthropic,
     AsyncLimitedMessages,
 )
-from ratelimit.anthropic.config import DIMENSIONS, Estimate, Limits, WrapConfig
+from ratelimit.anthropic.config import DIMENSIONS, Estimate, Limits, WrapConfig, WrapOptions
 from ratelimit.anthropic.estimate import (
     BYTES_PER_TOKEN,
     DOCUMENT_TOKENS,
@@ -93,13 +92,8 @@ from ratelimit.anthropic.guard import AsyncGuard, Guard
 from ratelimit.anthropic.sync_client import LimitedAnthropic, LimitedMessages
 from ratelimit.backend import connect
 from ratelimit.cache import AsyncResponseCache, ResponseCache
-from ratelimit.core.results import Alert
-from ratelimit.core.scope import DEFAULT_LEASE_S
-from ratelimit.core.settings import Budget
 from ratelimit.errors import InvalidArgumentType, NoQuotaForModel
 from ratelimit.limiter import SyncClient
-from ratelimit.pricing import Pricing
-from ratelimit.routing import ModelPolicy
 
 __all__ = [
     "BYTES_PER_TOKEN",
@@ -117,6 +111,7 @@ __all__ = [
     "LimitedMessages",
     "Limits",
     "NoQuotaForModel",
+    "WrapOptions",
     "estimate_input_tokens",
     "wrap",
 ]
@@ -126,18 +121,7 @@ __all__ = [
 def wrap(
     client: anthropic.AsyncAnthropic,
     redis: rl_asyncio.AsyncClient | str,
-    *,
-    limits: Limits,
-    budget: Budget | None = None,
-    name: str = "anthropic",
-    pricing: Pricing | None = None,
-    cache: AsyncResponseCache | None = None,
-    policy: ModelPolicy | None = None,
-    estimate: Estimate = "local",
-    max_attempts: int = 5,
-    lease_s: float = DEFAULT_LEASE_S,
-    acquire_timeout: float | None = None,
-    on_alert: Callable[[Alert], object] | None = None,
+    **options: Unpack[WrapOptions[AsyncResponseCache]],
 ) -> AsyncLimitedAnthropic: ...
 
 
@@ -145,36 +129,14 @@ def wrap(
 def wrap(
     client: anthropic.Anthropic,
     redis: SyncClient | str,
-    *,
-    limits: Limits,
-    budget: Budget | None = None,
-    name: str = "anthropic",
-    pricing: Pricing | None = None,
-    cache: ResponseCache | None = None,
-    policy: ModelPolicy | None = None,
-    estimate: Estimate = "local",
-    max_attempts: int = 5,
-    lease_s: float = DEFAULT_LEASE_S,
-    acquire_timeout: float | None = None,
-    on_alert: Callable[[Alert], object] | None = None,
+    **options: Unpack[WrapOptions[ResponseCache]],
 ) -> LimitedAnthropic: ...
 
 
 def wrap(
     client: anthropic.Anthropic | anthropic.AsyncAnthropic,
     redis: Any,
-    *,
-    limits: Limits,
-    budget: Budget | None = None,
-    name: str = "anthropic",
-    pricing: Pricing | None = None,
-    cache: ResponseCache | AsyncResponseCache | None = None,
-    policy: ModelPolicy | None = None,
-    estimate: Estimate = "local",
-    max_attempts: int = 5,
-    lease_s: float = DEFAULT_LEASE_S,
-    acquire_timeout: float | None = None,
-    on_alert: Callable[[Alert], object] | None = None,
+    **options: Unpack[WrapOptions[Any]],
 ) -> LimitedAnthropic | AsyncLimitedAnthropic:
     """``client`` with its Messages calls limited by shared limiters in Redis.
 
@@ -204,43 +166,21 @@ def wrap(
     before its reservation is reclaimed. ``acquire_timeout``: seconds a call
     may wait for admission (None: as long as it takes) before
     :class:`~ratelimit.errors.AcquireTimeout`. ``on_alert``: called with each
-    budget :class:`~ratelimit.Alert`.
+    budget :class:`~ratelimit.Alert`. The options are :class:`WrapOptions`;
+    every one but ``limits`` has a default.
     """
-    config = WrapConfig.build(
-        name=name,
-        limits=limits,
-        budget=budget,
-        pricing=pricing,
-        estimate=estimate,
-        max_attempts=max_attempts,
-        lease_s=lease_s,
-        acquire_timeout=acquire_timeout,
-    )
-    if policy is not None and not isinstance(policy, ModelPolicy):
-        raise InvalidArgumentType(f"policy must be a ModelPolicy, not {type(policy).__name__}")
+    config = WrapConfig.build(options)
+    cache = options.get("cache")
+    owns_redis = isinstance(redis, str)
     if isinstance(client, anthropic.AsyncAnthropic):
         if cache is not None and not isinstance(cache, AsyncResponseCache):
             raise InvalidArgumentType("an AsyncAnthropic client needs an AsyncResponseCache")
-        guard = AsyncGuard(
-            config,
-            _async_redis(redis),
-            cache=cache,
-            policy=policy,
-            on_alert=on_alert,
-            owns_redis=isinstance(redis, str),
-        )
+        guard = AsyncGuard(config, _async_redis(redis), cache, owns_redis=owns_redis)
         return AsyncLimitedAnthropic(client, guard)
     if isinstance(client, anthropic.Anthropic):
         if cache is not None and not isinstance(cache, ResponseCache):
             raise InvalidArgumentType("an Anthropic client needs a ResponseCache")
-        sync_guard = Guard(
-            config,
-            _sync_redis(redis),
-            cache=cache,
-            policy=policy,
-            on_alert=on_alert,
-            owns_redis=isinstance(redis, str),
-        )
+        sync_guard = Guard(config, _sync_redis(redis), cache, owns_redis=owns_redis)
         return LimitedAnthropic(client, sync_guard)
     raise InvalidArgumentType(
         f"client must be an anthropic.Anthropic or AsyncAnthropic, not {type(client).__name__}"

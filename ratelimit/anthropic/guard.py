@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from ratelimit import asyncio as rl_asyncio
 from ratelimit.anthropic.config import WrapConfig
 from ratelimit.cache import AsyncResponseCache, ResponseCache
-from ratelimit.core.results import Alert, LimiterState
+from ratelimit.core.results import LimiterState
 from ratelimit.limiter import Limiter, LimiterGroup, SyncClient
 from ratelimit.routing import ModelPolicy
 
@@ -34,10 +34,8 @@ class FamilyLimiters(Generic[ClientT, CacheT, LimiterT, GroupT]):
         self,
         config: WrapConfig,
         redis_client: ClientT,
+        cache: CacheT | None = None,
         *,
-        cache: CacheT | None,
-        policy: ModelPolicy | None,
-        on_alert: Callable[[Alert], object] | None,
         owns_redis: bool = False,
     ) -> None:
         self.config = config
@@ -45,7 +43,9 @@ class FamilyLimiters(Generic[ClientT, CacheT, LimiterT, GroupT]):
         """The Redis client of every limiter here."""
         self._owns_redis = owns_redis
         self.cache = cache
-        self.policy = policy
+        """The response cache, or None."""
+        self.policy: ModelPolicy | None = config.policy
+        """The routing policy, or None (a call goes to the model it names)."""
         self.budget: LimiterT | None = None
         """The budget's limiter (ledger, spend, alerts), or None without a budget."""
         if config.budget is not None:
@@ -54,7 +54,7 @@ class FamilyLimiters(Generic[ClientT, CacheT, LimiterT, GroupT]):
                 config.budget_name,
                 slot=config.name,
                 lease_s=config.lease_s,
-                on_alert=on_alert,
+                on_alert=config.on_alert,
                 pricing=config.pricing,
                 usd=config.budget,
             )
