@@ -46,6 +46,8 @@ meets them:
 
 - :mod:`~ratelimit.anthropic.config`: ``wrap``'s options and their validated form;
 - :mod:`~ratelimit.anthropic.estimate`: a call's request read once, its input estimated;
+- :mod:`~ratelimit.anthropic.routing`: which model a call goes to (policies);
+- :mod:`~ratelimit.anthropic.cache`: the opt-in response cache;
 - :mod:`~ratelimit.anthropic.guard`: the limiters a client books against, by family;
 - :mod:`~ratelimit.anthropic.retry`: retries, and what the provider's headers say;
 - :mod:`~ratelimit.anthropic.usage`: what a response used;
@@ -79,6 +81,7 @@ from ratelimit.anthropic.async_client import (
     AsyncLimitedAnthropic,
     AsyncLimitedMessages,
 )
+from ratelimit.anthropic.cache import AsyncResponseCache, ResponseCache
 from ratelimit.anthropic.config import DIMENSIONS, Estimate, Limits, WrapConfig, WrapOptions
 from ratelimit.anthropic.estimate import (
     BYTES_PER_TOKEN,
@@ -91,7 +94,6 @@ from ratelimit.anthropic.estimate import (
 from ratelimit.anthropic.guard import AsyncGuard, Guard
 from ratelimit.anthropic.sync_client import LimitedAnthropic, LimitedMessages
 from ratelimit.backend import connect
-from ratelimit.cache import AsyncResponseCache, ResponseCache
 from ratelimit.errors import InvalidArgumentType, NoQuotaForModel
 from ratelimit.limiter import SyncClient
 

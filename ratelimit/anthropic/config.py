@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, Required, TypedDict, TypeVar, cast
 
 from ratelimit.anthropic.estimate import PendingCall
+from ratelimit.anthropic.routing import ModelPolicy
 from ratelimit.core.numbers import exact, positive
 from ratelimit.core.results import Alert
 from ratelimit.core.scope import DEFAULT_LEASE_S, validate_name
 from ratelimit.core.settings import Budget, Rate
 from ratelimit.errors import InvalidArgument, InvalidArgumentType, NoQuotaForModel
 from ratelimit.pricing import Pricing
-from ratelimit.routing import ModelPolicy
 
 Dimension = Literal["requests", "input_tokens", "output_tokens"]
 Estimate = Literal["local", "count_tokens"]

@@ -38,6 +38,7 @@ from ratelimit.anthropic.estimate import (
 )
 from ratelimit.anthropic.guard import AsyncGuard, Guard
 from ratelimit.anthropic.retry import decide_retry, headers_of, remaining_levels, request_tags
+from ratelimit.anthropic.routing import RoutingContext
 from ratelimit.anthropic.usage import ResponseUsage
 from ratelimit.errors import (
     AcquireTimeout,
@@ -47,7 +48,6 @@ from ratelimit.errors import (
     LimiterError,
 )
 from ratelimit.pricing import token_counts
-from ratelimit.routing import RoutingContext
 
 log = logging.getLogger("ratelimit")
 

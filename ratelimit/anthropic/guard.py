@@ -15,11 +15,11 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from ratelimit import asyncio as rl_asyncio
+from ratelimit.anthropic.cache import AsyncResponseCache, ResponseCache
 from ratelimit.anthropic.config import WrapConfig
-from ratelimit.cache import AsyncResponseCache, ResponseCache
+from ratelimit.anthropic.routing import ModelPolicy
 from ratelimit.core.results import LimiterState
 from ratelimit.limiter import Limiter, LimiterGroup, SyncClient
-from ratelimit.routing import ModelPolicy
 
 ClientT = TypeVar("ClientT")
 CacheT = TypeVar("CacheT")
