@@ -389,8 +389,17 @@ class _Settings:
             cache_nondeterministic=self.cache_nondeterministic,
         )
 
-    def _entry_ttl_ms(self, ttl_s: object) -> int:
-        return self._ttl_ms if ttl_s is None else ttl_ms(ttl_s)
+    def _entry(
+        self, request: Mapping[str, Any], message: Mapping[str, Any], ttl_s: object
+    ) -> tuple[str, bytes, int] | None:
+        """What ``put`` writes: key, msgpack value and TTL in ms; None if not cacheable.
+
+        Every argument is checked, cacheable or not.
+        """
+        px = self._ttl_ms if ttl_s is None else ttl_ms(ttl_s)
+        value = encode_message(message)
+        key = self.key(request)
+        return None if key is None else (key, value, px)
 
 
 class ResponseCache(_Settings):
@@ -445,11 +454,10 @@ class ResponseCache(_Settings):
         ``ttl_s`` defaults to the cache's. Does nothing for a request that is
         not cacheable (arguments are still validated).
         """
-        px = self._entry_ttl_ms(ttl_s)
-        value = encode_message(message)
-        key = self.key(request)
-        if key is None:
+        entry = self._entry(request, message, ttl_s)
+        if entry is None:
             return
+        key, value, px = entry
         try:
             self.client.set(key, value, px=px)
         except redis.exceptions.RedisError as exc:
@@ -499,11 +507,10 @@ class AsyncResponseCache(_Settings):
         ttl_s: float | None = None,
     ) -> None:
         """See :meth:`ResponseCache.put`."""
-        px = self._entry_ttl_ms(ttl_s)
-        value = encode_message(message)
-        key = self.key(request)
-        if key is None:
+        entry = self._entry(request, message, ttl_s)
+        if entry is None:
             return
+        key, value, px = entry
         try:
             await self.client.set(key, value, px=px)
         except redis.exceptions.RedisError as exc:
