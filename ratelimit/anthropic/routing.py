@@ -33,6 +33,7 @@ from ratelimit.core.numbers import exact
 from ratelimit.core.results import BudgetState
 from ratelimit.errors import InvalidArgument, InvalidArgumentType
 from ratelimit.pricing.cards import validate_model_id
+from ratelimit.pricing.usage import field_of
 
 __all__ = [
     "DEFAULT_MAX_WAIT_S",
@@ -126,13 +127,6 @@ def _check_call(request: object, ctx: object) -> None:
 # -- prompt length ------------------------------------------------------------------
 
 
-def _get(item: object, name: str) -> object:
-    """A field of a block given as a dict or as an SDK object (say, a previous response's)."""
-    if isinstance(item, Mapping):
-        return item.get(name)
-    return getattr(item, name, None)
-
-
 def _text_chars(content: object) -> int:
     """Characters of text in a message's content: a str, or blocks (text, tool results)."""
     if isinstance(content, str):
@@ -141,11 +135,11 @@ def _text_chars(content: object) -> int:
         return 0
     total = 0
     for block in content:
-        text = _get(block, "text")
+        text = field_of(block, "text")
         if isinstance(text, str):
             total += len(text)
-        elif _get(block, "type") == "tool_result":
-            total += _text_chars(_get(block, "content"))
+        elif field_of(block, "type") == "tool_result":
+            total += _text_chars(field_of(block, "content"))
     return total
 
 
@@ -163,7 +157,7 @@ def prompt_chars(request: Mapping[str, Any], *, include_system: bool = False) ->
     messages = request.get("messages")
     total = 0
     if isinstance(messages, Sequence) and not isinstance(messages, str):
-        total += sum(_text_chars(_get(message, "content")) for message in messages)
+        total += sum(_text_chars(field_of(message, "content")) for message in messages)
     if include_system:
         total += _text_chars(request.get("system"))
     return total

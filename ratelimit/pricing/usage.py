@@ -65,10 +65,15 @@ _USAGE_FIELDS: Final = (
 )
 
 
-def _get(source: object, key: str) -> object:
-    if isinstance(source, Mapping):
-        return source.get(key)
-    return getattr(source, key, None)
+def field_of(item: object, name: str) -> object:
+    """A field of an API object given as a mapping or as an SDK object (None if absent).
+
+    The provider's records (a usage, a content block) reach us both ways: as
+    ``anthropic`` models, or as the plain dicts a caller wrote.
+    """
+    if isinstance(item, Mapping):
+        return item.get(name)
+    return getattr(item, name, None)
 
 
 def _optional_str(value: object, name: str) -> str | None:
@@ -97,7 +102,7 @@ def read_usage(usage: object) -> TokenCounts:
         )
 
     def count(source: object, key: str) -> int:
-        value = _get(source, key)
+        value = field_of(source, key)
         return 0 if value is None else validate_token_count(value, f"usage {key}")
 
     input_tokens = count(usage, "input_tokens")
@@ -105,7 +110,7 @@ def read_usage(usage: object) -> TokenCounts:
     cache_read = count(usage, "cache_read_input_tokens")
     writes = count(usage, "cache_creation_input_tokens")
 
-    split = _get(usage, "cache_creation")
+    split = field_of(usage, "cache_creation")
     if split is None:
         write_5m, write_1h = writes, 0
     else:
@@ -116,7 +121,7 @@ def read_usage(usage: object) -> TokenCounts:
             )
         split_5m = count(split, "ephemeral_5m_input_tokens")
         split_1h = count(split, "ephemeral_1h_input_tokens")
-        if _get(usage, "cache_creation_input_tokens") is None:
+        if field_of(usage, "cache_creation_input_tokens") is None:
             writes = split_5m + split_1h
         if split_5m + split_1h > writes:
             raise InvalidArgument(
@@ -126,9 +131,9 @@ def read_usage(usage: object) -> TokenCounts:
         # Writes the split does not account for are 5-minute writes, the default TTL.
         write_5m, write_1h = writes - split_1h, split_1h
 
-    if _optional_str(_get(usage, "speed"), "speed") == "fast":
+    if _optional_str(field_of(usage, "speed"), "speed") == "fast":
         raise MissingPrice("fast mode (speed='fast') is not priced by this table")
-    tier = _optional_str(_get(usage, "service_tier"), "service_tier")
+    tier = _optional_str(field_of(usage, "service_tier"), "service_tier")
     return TokenCounts(
         input=input_tokens,
         cache_write_5m=write_5m,
