@@ -29,10 +29,10 @@
    think (another client spends the same account). A 429 holds every process
    back for its ``retry-after`` before this one tries again.
 
-With a ``cache`` (:class:`~ratelimit.cache.ResponseCache`), a repeated
+With a ``cache`` (:class:`~ratelimit.anthropic.cache.ResponseCache`), a repeated
 deterministic request is answered from Redis without touching the limiter or
 the API, and the budget's ledger records what it saved. With a ``policy``
-(:class:`~ratelimit.routing.ModelPolicy`), the call goes to the first of the
+(:class:`~ratelimit.anthropic.routing.ModelPolicy`), the call goes to the first of the
 policy's models whose limiter admits it within ``policy.max_wait_s``.
 
 Everything else (``client.models``, ``client.messages.count_tokens``,
@@ -159,9 +159,9 @@ def wrap(
 
     ``budget``: a :class:`~ratelimit.Budget` (the scope ``f"{name}:budget"``)
     charged each call's priced cost, from ``pricing`` (default: the packaged
-    table). ``cache``: a :class:`~ratelimit.cache.ResponseCache` (async:
+    table). ``cache``: a :class:`~ratelimit.anthropic.cache.ResponseCache` (async:
     ``AsyncResponseCache``) answering repeated deterministic requests.
-    ``policy``: a :class:`~ratelimit.routing.ModelPolicy` choosing the model.
+    ``policy``: a :class:`~ratelimit.anthropic.routing.ModelPolicy` choosing the model.
     ``estimate``: ``"local"`` (:func:`estimate_input_tokens`) or
     ``"count_tokens"`` (exact, one more API call). ``max_attempts``: attempts
     per call, each through the limiter. ``lease_s``: seconds a call may run

@@ -6,7 +6,7 @@ Redis key, ``rl:v1:cache:<namespace>:<sha256>``, whose value is the response
 ``Message.model_validate(cache.get(request))`` rebuilds it.
 
 >>> import redis
->>> from ratelimit.cache import ResponseCache
+>>> from ratelimit.anthropic.cache import ResponseCache
 >>> cache = ResponseCache(redis.Redis(), ttl_s=3600)   # doctest: +SKIP
 >>> request = dict(model="claude-haiku-4-5", max_tokens=256, temperature=0,
 ...                messages=[{"role": "user", "content": "Hello"}])

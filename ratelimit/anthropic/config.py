@@ -39,8 +39,8 @@ class WrapOptions(TypedDict, Generic[CacheT], total=False):
     """The keyword options of :func:`~ratelimit.anthropic.wrap`; only ``limits`` is required.
 
     ``CacheT`` is the response cache that fits the client: a
-    :class:`~ratelimit.cache.ResponseCache` for ``anthropic.Anthropic``, an
-    :class:`~ratelimit.cache.AsyncResponseCache` for ``anthropic.AsyncAnthropic``.
+    :class:`~ratelimit.anthropic.cache.ResponseCache` for ``anthropic.Anthropic``, an
+    :class:`~ratelimit.anthropic.cache.AsyncResponseCache` for ``anthropic.AsyncAnthropic``.
     """
 
     limits: Required[Limits]
@@ -48,7 +48,7 @@ class WrapOptions(TypedDict, Generic[CacheT], total=False):
     budget: Budget | None
     """Charged each call's priced cost (default: no budget)."""
     name: str
-    """The prefix of every limiter's name (default ``"anthropic"``)."""
+    """The prefix of every scope name here (default ``"anthropic"``)."""
     pricing: Pricing | None
     """The price table (default: the packaged one)."""
     cache: CacheT | None
