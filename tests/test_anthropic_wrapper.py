@@ -25,7 +25,7 @@ from anthropic.resources.models import Models
 from anthropic.types import Message, MessageParam, TextBlockParam
 from fake_anthropic import FakeAnthropic, count_input_tokens, prompt_parts
 
-import ratelimit.anthropic as rl_anthropic
+import ratelimit.anthropic.retry as anthropic_retry
 from ratelimit import (
     Budget,
     BudgetExceeded,
@@ -255,7 +255,7 @@ def test_an_error_before_any_token_cancels_the_permit(limited: LimitedAnthropic)
 def test_a_connection_error_cancels_and_is_retried(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rl_anthropic, "RETRY_INITIAL_S", 0.01)
+    monkeypatch.setattr(anthropic_retry, "RETRY_INITIAL_S", 0.01)
     nowhere = FakeAnthropic()  # bound, never started, then closed: its port refuses
     url = nowhere.base_url
     nowhere.close()

@@ -1,4 +1,4 @@
-"""The Lua scripts are found from an editable install and from a built wheel."""
+"""The Lua scripts and the price table are found from an editable install and from a built wheel."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # Runs in a fresh interpreter outside the repository: imports ratelimit, says
-# where its scripts come from, and makes one admission through them.
+# where its scripts come from, makes one admission through them, and prices a
+# usage with the packaged table.
 PROBE = """
 import sys
 import ratelimit, ratelimit.scripts as s
-from ratelimit import Limiter, Rate
+from ratelimit import Limiter, Pricing, Rate
 permit = Limiter(sys.argv[1], "packaging", requests=Rate(5, per=60)).acquire()
 print(ratelimit.__file__)
 print(s.lua_dir())
 print(permit.settle().status)
+print(Pricing.default().cost("claude-haiku-4-5", {"input_tokens": 10**6}))
 """
 
 
@@ -52,6 +54,7 @@ def test_scripts_found_from_a_built_wheel(redis_url: str, tmp_path: Path) -> Non
     names = zipfile.ZipFile(wheel).namelist()
     for script in ("lib/bucket", "lib/args", "acquire", "settle", "state"):
         assert f"ratelimit/lua/{script}.lua" in names
+    assert "ratelimit/pricing/prices.toml" in names
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
@@ -59,14 +62,16 @@ def test_scripts_found_from_a_built_wheel(redis_url: str, tmp_path: Path) -> Non
         check=True,
         capture_output=True,
     )  # fmt: skip
-    module, lua, status = _probe(redis_url, tmp_path, pythonpath=str(target))
+    module, lua, status, cost = _probe(redis_url, tmp_path, pythonpath=str(target))
     assert Path(module).is_relative_to(target)
     assert Path(lua) == target / "ratelimit" / "lua"
     assert status == "settled"
+    assert cost == "1.000000"
 
 
 def test_scripts_found_from_the_editable_install(redis_url: str, tmp_path: Path) -> None:
-    module, lua, status = _probe(redis_url, tmp_path)
+    module, lua, status, cost = _probe(redis_url, tmp_path)
     assert Path(module) == REPO / "ratelimit" / "__init__.py"
     assert Path(lua) == REPO / "lua"
     assert status == "settled"
+    assert cost == "1.000000"

@@ -1,4 +1,4 @@
-"""Tests for ratelimit.pricing and the packaged price table (ratelimit/prices.toml).
+"""Tests for ratelimit.pricing and the packaged price table (ratelimit/pricing/prices.toml).
 
 Expected costs are computed here independently of the module: from the raw
 strings of the TOML file with ``fractions.Fraction``, and, for a few models,
@@ -32,7 +32,7 @@ from ratelimit.pricing import (
 )
 
 RAW: dict[str, Any] = tomllib.loads(
-    resources.files("ratelimit").joinpath("prices.toml").read_text(encoding="utf-8")
+    resources.files("ratelimit.pricing").joinpath("prices.toml").read_text(encoding="utf-8")
 )
 RAW_MODELS: dict[str, dict[str, Any]] = RAW["models"]
 MODEL_IDS = sorted(RAW_MODELS)
@@ -480,7 +480,7 @@ def test_bad_flags_and_fields_are_rejected(pricing: Pricing) -> None:
         pricing.max_cost("claude-haiku-4-5", input_tokens=1, max_output_tokens=-1)
 
 
-def test_rate_cards_validate_their_prices() -> None:
+def test_price_cards_validate_their_prices() -> None:
     with pytest.raises(InvalidArgumentType):
         ModelPrice(input=0.1, output=Decimal(1))  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument):

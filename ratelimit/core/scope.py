@@ -38,6 +38,13 @@ def validate_name(name: object, what: str = "name") -> str:
     return name
 
 
+def validate_flag(value: object, what: str) -> bool:
+    """A ``bool`` (not merely truthy), or a typed error naming ``what``."""
+    if not isinstance(value, bool):
+        raise InvalidArgumentType(f"{what} must be a bool, not {type(value).__name__}")
+    return value
+
+
 @dataclass(frozen=True)
 class RateDim:
     """A rate dimension as the scripts take it: capacity and refill fraction."""
