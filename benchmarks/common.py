@@ -83,7 +83,7 @@ def delete_run_keys(client: redis.Redis, run_id: str) -> None:
     A server that has gone away by now is no error: there is nothing left to tidy.
     """
     with contextlib.suppress(redis.exceptions.RedisError):
-        keys = list(client.scan_iter(match=f"rl:v1:{{{run_id}-*", count=1000))
+        keys = list(client.scan_iter(match=f"rl:v2:{{{run_id}-*", count=1000))
         if keys:
             client.delete(*keys)
 

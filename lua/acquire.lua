@@ -1,106 +1,73 @@
--- acquire.lua: check and debit every dimension of every scope of one request
--- together, or none.
--- lib: clock ttl bucket args budget alerts msgpack ledger permit finish reclaim
+-- acquire.lua: admit one request on scopes of which at least one has a
+-- budget: check and debit every rate dimension and reserve every budget's
+-- cost together, or nothing. Redis remembers the permit (its reservation and
+-- lease) so a crashed worker's reservation is reclaimed and charged.
+-- lib: clock ttl bucket rates book args budget alerts msgpack ledger permit finish reclaim
 --
--- KEYS     as in lib/args.lua: permits, leases, then 4 keys per scope
--- ARGV[1]  permit id (a fresh random string from the client)
+-- KEYS[1]  permits hash, KEYS[2] leases sorted set, then the scopes' keys
+--          (lib/args.lua)
+-- ARGV[1]  permit id (a fresh string from the client)
 -- ARGV[2]  max_wait_us: the longest the caller will wait, microseconds; -1 = no limit
 -- ARGV[3]  lease_us: how long after admission the permit may stay unsettled
 --          before a later call reclaims it
 -- ARGV[4..] the scope block (lib/args.lua), amounts = costs (0 <= cost <= cap),
 --          then model (ledger label, may be empty), tokens and tags (the
 --          client's msgpack blobs for the ledger, kept for a reclaim)
--- Reply    {1, now_us, alerts, wait_us}: admitted; the caller sleeps wait_us,
---          then goes ahead without asking again. Its place is booked: the
---          admission time is the first instant at which every dimension it
---          costs can pay, after everyone booked before it on that dimension
---          (first come, first served), and each of those buckets is charged
---          as of that instant; budgets reserved the cost.
---          {0, now_us, alerts, retry_after_us}: admission would come later
---          than max_wait_us (-1 when never); nothing of this request was taken.
---          {-1, now_us, alerts, j, spent, reserved, limit, period_end_us}:
+-- Reply    {1, now_us, alerts, events, wait_us, seen}: admitted; the caller
+--          sleeps wait_us, then goes ahead without asking again
+--          (lib/book.lua); each budget reserved the cost.
+--          {0, now_us, alerts, events, retry_after_us, seen}: admission would
+--          come later than max_wait_us (-1 when never); nothing was taken.
+--          {-1, now_us, alerts, events, j, spent, reserved, limit, period_end_us}:
 --          scope j's budget cannot take the cost this period; waiting won't help.
---          {-2, now_us, {}}: the budget periods sent do not hold now_us.
---          alerts (lib/args.lua): crossed by permits reclaimed during this call.
+--          {-2, now_us, {}, events}: the budget periods sent do not hold now_us.
+--          alerts: crossed by permits reclaimed during this call; seen: the
+--          budgets' spend (lib/budget.lua).
 -- A retry with the same permit id (a reply lost to a timeout) returns the
 -- first booking again instead of booking twice.
 
-local id = ARGV[1]
-local max_wait = tonumber(ARGV[2])
-local lease = tonumber(ARGV[3])
-local scopes, at = read_scopes(4)
+local id, max_wait, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local scopes, at = read_scopes(4, 3)
 local model, tokens, tags = ARGV[at], ARGV[at + 1], ARGV[at + 2]
 local now = now_us()
+local out = { alerts = {}, overshoots = {}, events = {} }
 
 local booked = redis.call('HGET', PERMITS, id)
 if booked then
-  return { 1, now, {}, math.max(0, decode_record(booked).admit - now) }
+  return { 1, now, {}, out.events, math.max(0, decode_record(booked).admit - now), {} }
 end
+if not periods_hold(scopes, now) then return { -2, now, {}, out.events } end
+reclaim_expired(scopes, now, out)
 
-local out = { alerts = {}, overshoots = {} }
-if not reclaim_expired(scopes, now, out) then return { -2, now, {} } end
-
-local admit = now
+for _, scope in ipairs(scopes) do read_rates(scope, now, out.events) end
+local admit = admission_time(scopes, now)
 for _, scope in ipairs(scopes) do
-  local raw = read_buckets(scope)
-  for i, d in ipairs(scope.rates) do
-    d.level, d.rem, d.at = bucket_at(decode(raw[i]), d.cap, d.num, d.den, now)
-    if d.amount > 0 then
-      local ready = d.at + wait_for(d.level, d.rem, d.amount, d.num, d.den)
-      if ready > admit then admit = ready end
-    end
-  end
   local b = scope.budget
   if b then
-    local st = load_budget(scope, now)
-    if not st then return { -2, now, {} } end
+    local st = load_budget(scope, now, out.events)
     if b.amount > 0 and st.spent + st.reserved + b.amount > b.limit then
-      return { -1, now, out.alerts, scope.j, string.format('%d', st.spent),
+      return { -1, now, out.alerts, out.events, scope.j, string.format('%d', st.spent),
         string.format('%d', st.reserved), string.format('%d', b.limit),
         string.format('%d', st.stop) }
     end
   end
 end
+local wait, retry_after = wait_until(admit, now, max_wait)
+if not wait then return { 0, now, out.alerts, out.events, retry_after, seen_spend(scopes) } end
 
--- Bookings past this would leave the exact range of doubles; none gets near.
-local wait = admit - now
-if admit > 4503599627370496 then wait = math.huge end
-if wait == math.huge or (max_wait >= 0 and wait > max_wait) then
-  if wait == math.huge then wait = -1 end
-  return { 0, now, out.alerts, wait }
-end
-
-local lease_end = now + wait + lease
 local parts = {}
 for _, scope in ipairs(scopes) do
-  local full_in, fields = 0, {}
+  if charge(scope, admit, now) then write_rates(scope, now) end
   for _, d in ipairs(scope.rates) do
-    if d.amount > 0 then
-      -- Charged at its admission: refilled (up to capacity) until then.
-      local level, rem = refill({ d.level, d.rem, d.den, d.at }, d.cap, d.num, d.den, admit)
-      level = level - d.amount
-      fields[#fields + 1] = d.name
-      fields[#fields + 1] = encode(level, rem, d.den, admit)
-      full_in = math.max(full_in, wait + wait_for(level, rem, d.cap, d.num, d.den))
-    end
     parts[#parts + 1] = scope.j .. ':' .. d.name .. ':' .. string.format('%d', d.amount)
-  end
-  if #fields > 0 then
-    redis.call('HSET', scope.state, unpack(fields))
-    extend_ttl(scope.state, full_in / 1000 + 1)
   end
   local b = scope.budget
   if b then
     b.st.reserved = b.st.reserved + b.amount
     parts[#parts + 1] = scope.j .. ':$' .. b.name .. ':' .. string.format('%d', b.amount)
-    save_budget(scope, now, lease_end)
+    save_budget(scope)
   end
 end
-
 redis.call('HSET', PERMITS, id, encode_record(admit, parts, model, tokens, tags))
-redis.call('ZADD', LEASES, lease_end, id)
--- Never shortened, so the keys outlive the latest lease of all.
-local keep_ms = (lease_end + GRACE_US - now) / 1000
-extend_ttl(PERMITS, keep_ms, GRACE_US / 1000)
-extend_ttl(LEASES, keep_ms, GRACE_US / 1000)
-return { 1, now, out.alerts, wait }
+redis.call('ZADD', LEASES, admit + lease, id)
+return { 1, now, out.alerts, out.events, wait, seen_spend(scopes) }

@@ -1,7 +1,9 @@
--- settle.lua: turn a permit's reservation into its actual cost, once.
--- lib: clock ttl bucket args budget alerts msgpack ledger permit finish lower reclaim
+-- settle.lua: turn a permit's reservation into its actual cost, once, on
+-- scopes of which at least one has a budget (acquire.lua made the permit).
+-- lib: clock ttl bucket rates args budget alerts msgpack ledger permit finish lower reclaim
 --
--- KEYS     as in lib/args.lua: permits, leases, then 4 keys per scope
+-- KEYS[1]  permits hash, KEYS[2] leases sorted set, then the scopes' keys
+--          (lib/args.lua)
 -- ARGV[1]  permit id
 -- ARGV[2..] the scope block (lib/args.lua), amounts = actual use (-1 = keep
 --          what was reserved; a cancel sends 0 everywhere), then model,
@@ -10,7 +12,7 @@
 --          provider says is left ("<j>:<dim>:<micro-units> ...", "" = no
 --          figures): after the settle, those buckets are brought down to it,
 --          as observe.lua does, in the same call
--- Reply    {status, now_us, alerts, overshoots}
+-- Reply    {status, now_us, alerts, events, overshoots, seen}
 --          status 1 = settled: each rate bucket got back reserved - actual
 --          (capped at its capacity) or, when actual is larger, was debited
 --          the difference (it may go into debt, so later callers wait); each
@@ -18,43 +20,37 @@
 --          entry and its spend counter; 0 = unknown permit (already settled,
 --          cancelled or reclaimed, by this process or another): nothing
 --          changed; -2 = the budget periods sent do not hold now_us.
---          alerts as in lib/args.lua; overshoots: {{j, nano-dollars}, ...}
---          where a budget's actual cost passed its reservation.
+--          overshoots: {{j, nano-dollars}, ...} where a budget's actual cost
+--          passed its reservation; seen: the budgets' spend (lib/budget.lua).
 -- A settle after the lease ended still applies while no call has reclaimed
 -- the permit yet: the actual cost is better than the worst case.
 
 local id = ARGV[1]
-local scopes, at = read_scopes(2)
+local scopes, at = read_scopes(2, 3)
 local model, tokens, tags, kind = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-local remaining = ARGV[at + 4] or ''
+local figures = ARGV[at + 4] or ''
 local now = now_us()
+local out = { alerts = {}, overshoots = {}, events = {} }
 
 local record = redis.call('HGET', PERMITS, id)
-if not record then return { 0, now, {}, {} } end
+if not record then return { 0, now, {}, out.events, {}, {} } end
+if not periods_hold(scopes, now) then return { -2, now, {}, out.events } end
 local rec = decode_record(record)
 if model == '' then model = rec.model end
 if tokens == '' then tokens = rec.tokens end
 if tags == '' then tags = rec.tags end
 
-local out = { alerts = {}, overshoots = {} }
+for _, scope in ipairs(scopes) do read_rates(scope, now, out.events) end
 local function actual(d, reserved)
   if d.amount < 0 then return reserved end
   return d.amount
 end
-if not finish_permit(scopes, id, rec, actual, kind, model, tokens, tags, now, out) then
-  return { -2, now, {} }
-end
+finish_permit(scopes, id, rec, actual, kind, model, tokens, tags, now, out)
 redis.call('HDEL', PERMITS, id)
 redis.call('ZREM', LEASES, id)
-if remaining ~= '' then
-  local left = {}
-  for key, micro in string.gmatch(remaining, '(%d+:[%w_]+):(%d+)') do left[key] = tonumber(micro) end
-  for _, scope in ipairs(scopes) do
-    for _, d in ipairs(scope.rates) do
-      local figure = left[scope.j .. ':' .. d.name]
-      if figure then lower_bucket(scope, d, figure, 0, now) end
-    end
-  end
+for j in pairs(lower_to(scopes, figures, now)) do scopes[j].changed = true end
+for _, scope in ipairs(scopes) do
+  if scope.changed then write_rates(scope, now) end
 end
-if not reclaim_expired(scopes, now, out) then return { -2, now, {} } end
-return { 1, now, out.alerts, out.overshoots }
+reclaim_expired(scopes, now, out)
+return { 1, now, out.alerts, out.events, out.overshoots, seen_spend(scopes) }

@@ -103,10 +103,10 @@ def test_key_layout() -> None:
     k = key(request())
     assert k is not None
     assert re.fullmatch(re.escape(CACHE_KEY_PREFIX) + r"default:[0-9a-f]{64}", k)
-    assert k.startswith("rl:v1:cache:default:")
+    assert k.startswith("rl:v2:cache:default:")
     other = key(request(), namespace="team-a")
     assert other is not None
-    assert other.startswith("rl:v1:cache:team-a:")
+    assert other.startswith("rl:v2:cache:team-a:")
     assert other.rsplit(":", 1)[1] == k.rsplit(":", 1)[1]
 
 

@@ -276,7 +276,7 @@ def test_alerts_follow_receives_an_alert_as_it_fires(redis_url: str) -> None:
         text=True,
     )
     try:
-        wait_for_line(follow, "listening on rl:v1:alerts")
+        wait_for_line(follow, "listening on rl:v2:alerts")
         # Another scope's alert first: --follow SCOPE skips it.
         other = Limiter(redis_url, "someone-else", usd=Budget(1, alerts=(0.5,)))
         other.acquire(usd="0.6").settle(usd="0.6")
@@ -295,7 +295,7 @@ def test_alerts_follow_stops_cleanly_on_ctrl_c(redis_url: str) -> None:
         reader(redis_url, "alerts", "--follow"), stdout=PIPE, stderr=PIPE, text=True
     )
     try:
-        wait_for_line(follow, "listening on rl:v1:alerts for every scope's alerts")
+        wait_for_line(follow, "listening on rl:v2:alerts for every scope's alerts")
         follow.send_signal(signal.SIGINT)
         out, err = follow.communicate(timeout=30)
     finally:
@@ -310,8 +310,8 @@ def test_ledger_reads_in_pages_and_windows(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
         scope = ScopeKeys(SCOPE, SLOT)
-        assert scope.ledger == f"rl:v1:{{{SLOT}}}:{SCOPE}:ledger"
-        assert ScopeKeys(SCOPE, SCOPE).ledger == f"rl:v1:{{{SCOPE}}}:{SCOPE}:ledger"
+        assert scope.ledger == f"rl:v2:{{{SLOT}}}:{SCOPE}:ledger"
+        assert ScopeKeys(SCOPE, SCOPE).ledger == f"rl:v2:{{{SCOPE}}}:{SCOPE}:ledger"
         entries = limiter.ledger_entries()
         assert list(read_ledger(client, scope, page=1)) == entries
         assert list(read_ledger(client, scope, page=3)) == entries
@@ -331,7 +331,7 @@ def test_readers_in_process(redis_url: str, capsys: pytest.CaptureFixture[str]) 
     assert main(["ledger", SCOPE, "--redis-url", redis_url]) == 0
     captured = capsys.readouterr()
     assert "no entries" in captured.out
-    assert f"there is no rl:v1:{{{SCOPE}}}:{SCOPE}:ledger" in captured.err
+    assert f"there is no rl:v2:{{{SCOPE}}}:{SCOPE}:ledger" in captured.err
     # A window with nothing in it, and a day without spend.
     assert (
         main(["ledger", SCOPE, "--slot", SLOT, "--since", "2999-01-01", "--redis-url", redis_url])

@@ -62,7 +62,7 @@ def cluster(cluster_nodes: list[int]) -> Iterator[redis.cluster.RedisCluster]:
 def test_quotas_on_different_nodes(cluster: redis.cluster.RedisCluster) -> None:
     limiters = [Limiter(cluster, f"quota-{i}", requests=Rate(2, per=3600)) for i in range(12)]
     nodes = {
-        cluster.get_node_from_key(lim._scope.keys.state).name  # type: ignore[no-untyped-call]
+        cluster.get_node_from_key(lim._scope.keys.rates).name  # type: ignore[no-untyped-call]
         for lim in limiters
     }
     assert len(nodes) == 3  # the quotas really are spread over the nodes
@@ -112,8 +112,8 @@ async def test_async_cluster_client(cluster_nodes: list[int]) -> None:
 def test_a_group_across_nodes_leaks_nothing(cluster: redis.cluster.RedisCluster) -> None:
     model = Limiter(cluster, "model", slot="node-a", tokens=Rate(100, per=3600))
     team = Limiter(cluster, "team", slot="node-b", usd=Budget("1.00", per="day"))
-    assert cluster.get_node_from_key(model._scope.keys.state) != cluster.get_node_from_key(  # type: ignore[no-untyped-call]
-        team._scope.keys.state
+    assert cluster.get_node_from_key(model._scope.keys.rates) != cluster.get_node_from_key(  # type: ignore[no-untyped-call]
+        team._scope.keys.rates
     )
     group = LimiterGroup(model, team)
     assert len(group._plan.parts) == 2  # one script call per slot

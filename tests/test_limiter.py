@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import time
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import redis
 
 from ratelimit import (
     AcquireTimeout,
+    Budget,
     CostExceedsCapacity,
     InvalidArgument,
     InvalidArgumentType,
@@ -19,6 +21,7 @@ from ratelimit import (
     Rate,
     UnknownDimension,
 )
+from ratelimit.core.base import clock_us
 from ratelimit.core.calls import ScriptCall
 
 
@@ -157,17 +160,17 @@ def test_recreating_a_quota_applies_new_rates(r: redis.Redis) -> None:
 def test_idle_quota_expires(r: redis.Redis) -> None:
     limiter = Limiter(r, "q", requests=Rate(1000, per=1), tokens=Rate(1000, per=1))
     limiter.acquire(requests=5, tokens=10).settle()
-    ttl_ms = r.pttl(limiter._scope.keys.state)
+    ttl_ms = r.pttl(limiter._scope.keys.rates)
     assert 0 < ttl_ms <= 20
     time.sleep(0.05)
-    assert r.exists(limiter._scope.keys.state) == 0  # EXISTS also reaps a lazily expired key
+    assert r.exists(limiter._scope.keys.rates) == 0  # EXISTS also reaps a lazily expired key
 
 
 def test_all_keys_of_a_quota_share_one_hash_tag(r: redis.Redis) -> None:
     limiter = Limiter(r, "weird {name}", requests=Rate(1, per=3600))
-    limiter.acquire()
+    limiter.acquire().settle()
     keys = [k.decode() for k in r.keys("*") if isinstance(k, bytes)]
-    assert len(keys) == 3
+    assert len(keys) == 2  # the buckets and the settled permit's marker
     tags = {k[k.index("{") + 1 : k.index("}")] for k in keys}
     assert tags == {"weird %7Bname%7D"}
 
@@ -180,28 +183,54 @@ def test_noscript_recovers_after_script_flush(r: redis.Redis) -> None:
     assert limiter.state().rate("requests").available == pytest.approx(8, abs=0.5)
 
 
-def test_retried_acquire_with_the_same_id_books_once(r: redis.Redis) -> None:
-    limiter = Limiter(r, "q", requests=Rate(10, per=3600))
-    call = next(limiter._plan.acquire({}, None, model=None, tags=None, clock_us=0))
+def replayed(limiter: Limiter, **costs: Any) -> tuple[list[Any], list[Any]]:
+    """One acquire's script call sent twice, as after a reply lost to a timeout."""
+    call = next(limiter._plan.acquire(costs, None, model=None, tags=None, clock_us=clock_us()))
     assert isinstance(call, ScriptCall)
     script = limiter._scripts[call.script]
-    first = script(keys=call.keys, args=call.args)
-    again = script(keys=call.keys, args=call.args)
+    return script(keys=call.keys, args=call.args), script(keys=call.keys, args=call.args)
+
+
+def test_a_retried_rate_only_acquire_books_again_and_never_over_admits(r: redis.Redis) -> None:
+    """Redis keeps nothing of a permit without a budget, so it cannot tell a
+    replay from a new call: the lost booking stays spent until it refills."""
+    limiter = Limiter(r, "q", requests=Rate(10, per=3600))
+    first, again = replayed(limiter)
     assert first[0] == again[0] == 1
-    assert limiter.state().rate("requests").available == pytest.approx(9, abs=0.01)
+    assert limiter.state().rate("requests").available == pytest.approx(8, abs=0.01)
+
+
+def test_a_retried_budgeted_acquire_with_the_same_id_books_once(r: redis.Redis) -> None:
+    limiter = Limiter(r, "q", requests=Rate(10, per=3600), usd=Budget(1))
+    first, again = replayed(limiter, usd="0.25")
+    assert first[0] == again[0] == 1
+    state = limiter.state()
+    assert state.rate("requests").available == pytest.approx(9, abs=0.01)
+    assert state.budget("usd").reserved == Decimal("0.25")
+
+
+def test_a_rate_only_permit_settles_within_its_lease(r: redis.Redis) -> None:
+    """Its settle window is its lease: later, a settle changes nothing."""
+    limiter = Limiter(r, "q", tokens=Rate(100, per=3600), lease_s=0.05)
+    permit = limiter.acquire(tokens=40)
+    time.sleep(0.1)
+    assert permit.settle(tokens=0).status == "unknown"
+    assert limiter.state().rate("tokens").available == pytest.approx(60, abs=0.1)
 
 
 def test_a_reclaimed_permit_cannot_be_settled(r: redis.Redis) -> None:
-    limiter = Limiter(r, "q", tokens=Rate(100, per=3600), lease_s=0.05)
-    late = limiter.acquire(tokens=10)
+    limiter = Limiter(r, "q", tokens=Rate(100, per=3600), usd=Budget(1), lease_s=0.05)
+    late = limiter.acquire(tokens=10, usd="0.1")
     time.sleep(0.1)
     # Past its lease but not reclaimed yet: the actual cost still applies.
-    assert late.settle(tokens=0).status == "settled"
-    permit = limiter.acquire(tokens=40)
+    assert late.settle(tokens=0, usd=0).status == "settled"
+    permit = limiter.acquire(tokens=40, usd="0.1")
     time.sleep(0.1)
     limiter.try_acquire()  # any later call reclaims what outlived its lease
-    assert permit.settle(tokens=0).status == "unknown"
-    assert limiter.state().rate("tokens").available == pytest.approx(60, abs=0.1)
+    assert permit.settle(tokens=0, usd=0).status == "unknown"
+    state = limiter.state()
+    assert state.rate("tokens").available == pytest.approx(60, abs=0.1)
+    assert state.budget("usd").spent == Decimal("0.1")  # reclaimed: charged in full
 
 
 BAD_COSTS: list[tuple[object, type[Exception]]] = [

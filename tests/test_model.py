@@ -24,8 +24,10 @@ is driven by the time each script reports (``now_us`` in every reply): given
 the same time, model and server must agree exactly on admission, wait and
 every level, to the micro-unit and the microsecond. The calls are made by the
 package's own flows (``limiter._plan``), and only their raw replies are read
-here: acquire ``[admitted, wait_us, now_us, ...]``, settle ``[status, now_us,
-...]``, state ``[now_us, levels, ...]``.
+here, each ``[status, now_us, alerts, events, ...]``: acquire then has the
+wait, state the levels. A quota without a budget keeps nothing of a permit in
+Redis: a replayed acquire books again, and a permit is known by what its id
+carries (its admission time and reservation).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from hypothesis.stateful import (
 from ratelimit import Limiter, Rate
 from ratelimit.core.base import clock_us
 from ratelimit.core.calls import Flow, ScriptCall
+from ratelimit.core.part import PermitRef, new_nonce
 
 R = TypeVar("R")
 
@@ -152,10 +155,8 @@ class Model:
         """(admitted, wait or retry-after) for a booking at ``now`` made with ``rates``.
 
         The rates are the caller's: a call retried after a redeploy still
-        carries the rates it was built with.
+        carries the rates it was built with. Every call is a new booking.
         """
-        if permit_id in self.permits:  # a retry of a booking already made
-            return 1, max(0, self.permits[permit_id][0] - now)
         charged = {
             d: bucket_at(self.buckets.get(d), r, now) for d, r in rates.items() if costs[d] > 0
         }
@@ -302,6 +303,53 @@ def cost_strategy(cap: int) -> st.SearchStrategy[int]:
 _names = itertools.count()
 
 
+@dataclass(frozen=True)
+class Booked:
+    """A booking tried: the call, its costs, max wait and rates, and its permit (if any)."""
+
+    call: ScriptCall
+    costs: dict[str, int]
+    max_wait: int
+    rates: dict[str, ModelRate]
+    permit_id: str | None
+
+
+def stored_rates(raw: bytes | str | None) -> dict[str, tuple[Bucket, ModelRate]]:
+    """A rates key's buckets and the rates stored with them (lib/rates.lua)."""
+    tokens = [] if raw is None else (raw.decode() if isinstance(raw, bytes) else raw).split()
+    found = {}
+    for k in range(0, len(tokens), 10):
+        name, level, rem, rem_den, ts, cap, _cap_seen, num, den, _rate_seen = tokens[k : k + 10]
+        rate = ModelRate(int(cap), int(num), int(den))
+        found[name] = (Bucket(int(level), int(rem), int(rem_den), int(ts)), rate)
+    return found
+
+
+def normalized(bucket: Bucket, rate: ModelRate, now: int) -> Bucket:
+    """A bucket as it reads under ``rate`` from ``now`` on: a bucket full by now
+    is just full, whenever it filled (no bucket, one written full later, or one
+    refilled since, read the same). A bucket stored with ts 0 is full at any
+    capacity (lib/rates.lua)."""
+    if bucket.ts == 0:
+        return Bucket(rate.cap, 0, rate.den, now)
+    level, _, at = bucket_at(bucket, rate, now)
+    if level == rate.cap and at == now:
+        return Bucket(rate.cap, 0, rate.den, now)
+    return bucket
+
+
+def forget_holders(r: redis.Redis, key: str) -> None:
+    """As if no process had used the stored rates for longer than their hold
+    (lib/rates.lua): the next caller's own rates apply at once."""
+    raw = r.get(key)
+    if not isinstance(raw, bytes):
+        return
+    tokens = raw.decode().split()
+    for k in range(0, len(tokens), 10):
+        tokens[k + 6] = tokens[k + 9] = "0"  # cap_seen, rate_seen
+    r.set(key, " ".join(tokens), keepttl=True)
+
+
 class ScriptsMatchModel(RuleBasedStateMachine):
     """Random operations on one quota; the server and the model must agree exactly."""
 
@@ -313,8 +361,9 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         self.limiter = limiter_for(self.r, self.name, RATE_SETS[0])
         self.model = Model({d: ModelRate.of(r) for d, r in RATE_SETS[0].items()}, {}, {})
         # Every booking ever tried (settled ones too, to settle or retry them
-        # again): the call that made it, its costs, max wait and rates.
-        self.bookings: dict[str, tuple[ScriptCall, dict[str, int], int, dict[str, ModelRate]]] = {}
+        # again; refused ones too, with no permit): the call that made it, its
+        # costs, max wait and rates, and the permit's id.
+        self.bookings: list[Booked] = []
 
     # -- plumbing ------------------------------------------------------------
     def all_full(self, now: int) -> bool:
@@ -328,7 +377,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         """
         pipe = self.r.pipeline(transaction=True)
         pipe.time()
-        pipe.pexpiretime(self.limiter._scope.keys.state)
+        pipe.pexpiretime(self.limiter._scope.keys.rates)
         (seconds, micros), expire_ms = pipe.execute()
         if expire_ms == -2:  # gone already: only allowed once every bucket is full
             assert self.all_full(int(seconds) * 1_000_000 + int(micros)), self.model
@@ -338,12 +387,12 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         # Redis keeps expiry in whole milliseconds: allow one for its rounding.
         assert expire_ms * 1000 >= full - 1000, self.model
 
-    def pick(self, data: st.DataObject, *, current_rates_only: bool = False) -> str:
+    def pick(self, data: st.DataObject, *, current_rates_only: bool = False) -> Booked:
         # In booking order, not by the random ids: a replayed draw picks the same one.
         ids = [
-            pid
-            for pid, booking in self.bookings.items()
-            if not current_rates_only or booking[3] is self.model.rates
+            booking
+            for booking in self.bookings
+            if not current_rates_only or booking.rates is self.model.rates
         ]
         # Often one of the latest: most likely still outstanding, and booked
         # ahead of or behind others (refunds are credited only at the end of
@@ -362,18 +411,32 @@ class ScriptsMatchModel(RuleBasedStateMachine):
             clock_us=clock_us(),
         )
         booking, call, reply = run(self.limiter, flow)
-        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
-        permit_id = str(call.args[0])  # ARGV[1]
+        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[4])
+        permit_id = None if booking.permit is None else booking.permit.id
         if booking.permit is not None:
-            assert booking.permit.id == permit_id
             assert booking.permit.reserved_micro == costs
+            assert booking.permit.admitted_at_us == now + wait
+        self.record(call, costs, max_wait, permit_id, admitted=admitted, now=now, wait=wait)
+
+    def record(
+        self,
+        call: ScriptCall,
+        costs: dict[str, int],
+        max_wait: int,
+        permit_id: str | None,
+        *,
+        admitted: int,
+        now: int,
+        wait: int,
+    ) -> None:
+        """Check a booking's outcome against the model's, and keep it."""
         rates = self.model.rates
-        expected = self.model.acquire(permit_id, costs, max_wait, now, rates)
+        expected = self.model.acquire(permit_id or "", costs, max_wait, now, rates)
         assert (admitted, wait) == expected, f"at {now}: {self.model}"
         # Kept even when refused (settling it is then a no-op, retrying it a
         # new try): what hypothesis may draw next must not depend on the
         # server's clock, or it cannot replay and shrink a failure.
-        self.bookings[permit_id] = (call, costs, max_wait, rates)
+        self.bookings.append(Booked(call, costs, max_wait, rates, permit_id if admitted else None))
         if admitted:
             self.check_ttl(now)
 
@@ -398,35 +461,38 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         }
         self.book(costs, -1)
 
-    @precondition(lambda self: any(b[3] is self.model.rates for b in self.bookings.values()))
+    @precondition(lambda self: any(b.rates is self.model.rates for b in self.bookings))
     @rule(data=st.data())
     def retry_acquire(self, data: st.DataObject) -> None:
-        """The same call again, as after a lost reply: the first booking, nothing more.
-
-        Only while the permit is outstanding: a settled permit's id is
-        forgotten, and the same call then books again like a new one. (Only
-        calls built with the rates in force: an old client writing with old
-        rates sets the TTL for them, and the model does not follow expiries;
-        see change_rates.)
+        """The same call again, as after a lost reply: Redis keeps nothing of a
+        permit without a budget, so it is a new booking (never the first one
+        handed out twice). (Only calls built with the rates in force: an old
+        client writing with old rates sets the TTL for them, and the model
+        does not follow expiries; see change_rates.)
         """
-        permit_id = self.pick(data, current_rates_only=True)
-        call, costs, max_wait, rates = self.bookings[permit_id]
-        reply = self.limiter._scripts["acquire"](keys=call.keys, args=call.args)
-        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
-        expected = self.model.acquire(permit_id, costs, max_wait, now, rates)
-        assert (admitted, wait) == expected, f"at {now}: {self.model}"
-        if admitted:
-            self.check_ttl(now)
+        booked = self.pick(data, current_rates_only=True)
+        call = booked.call
+        reply = self.limiter._scripts[call.script](keys=call.keys, args=call.args)
+        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[4])
+        # The id the client would have made of that reply.
+        plan = self.limiter._plan
+        reserved = tuple(booked.costs[d] for d in plan.rate_order)
+        permit_id = PermitRef(new_nonce(), (now + wait,), reserved).encode()
+        self.record(
+            call, booked.costs, booked.max_wait, permit_id, admitted=admitted, now=now, wait=wait
+        )
 
     @precondition(lambda self: self.bookings)
     @rule(data=st.data())
     def settle(self, data: st.DataObject) -> None:
         """Settle some dimensions (refund or charge), keep the others' reservation."""
-        permit_id = self.pick(data)
+        permit_id = self.pick(data).permit_id
         actual: dict[str, int] = {}
         for d, rate in self.model.rates.items():
             if data.draw(st.booleans(), label=f"settle {d}?"):
                 actual[d] = data.draw(st.integers(0, 2 * rate.cap), label=f"actual {d}")
+        if permit_id is None:
+            return  # a refused booking: there is nothing to settle
         flow = self.limiter._plan.settle(
             permit_id,
             {d: units(a) for d, a in actual.items()},
@@ -444,7 +510,9 @@ class ScriptsMatchModel(RuleBasedStateMachine):
     @precondition(lambda self: self.bookings)
     @rule(data=st.data())
     def cancel(self, data: st.DataObject) -> None:
-        permit_id = self.pick(data)
+        permit_id = self.pick(data).permit_id
+        if permit_id is None:
+            return  # a refused booking: there is nothing to cancel
         _, _, reply = run(self.limiter, self.limiter._plan.cancel(permit_id, clock_us=clock_us()))
         status, now = (int(v) for v in reply[:2])
         everything = dict.fromkeys(self.model.rates, 0)
@@ -473,7 +541,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         )
         lowered, _, reply = run(self.limiter, flow)
         now = int(reply[1])
-        assert int(reply[3]) == lowered
+        assert int(reply[4]) == lowered
         expected = self.model.observe(remaining, retry_after, now)
         assert lowered == expected, f"at {now}: {self.model}"
         self.check_ttl(now)
@@ -491,21 +559,23 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         hash the TTL a write under the new rates would: never shorter than it
         was, and at least until every bucket is full again under the new rates.
         """
-        key = self.limiter._scope.keys.state
+        key = self.limiter._scope.keys.rates
+        # The redeployed processes replace the old ones: nobody holds the old rates.
+        forget_holders(self.r, key)
         pipe = self.r.pipeline(transaction=True)
         pipe.time()
-        pipe.hkeys(key)
+        pipe.get(key)
         pipe.pttl(key)
         pipe.persist(key)  # nothing expires while the new TTL is computed
-        (seconds, micros), fields, old_ttl_ms, _ = pipe.execute()
+        (seconds, micros), raw, old_ttl_ms, _ = pipe.execute()
         server_now = int(seconds) * 1_000_000 + int(micros)
-        present = {f.decode() for f in fields}
+        present = set(stored_rates(raw))
         for dim in list(self.model.buckets):
             if dim not in present:
-                # Its field is gone: the hash expired (allowed once every bucket
-                # was full) and a later write left this one out. A missing
-                # field is a full bucket, at whatever capacity comes next;
-                # the model's full bucket would stay at the old capacity.
+                # Its bucket is gone: the key expired (allowed once every bucket
+                # was full). A missing bucket is a full one, at whatever
+                # capacity comes next; the model's full bucket would stay at
+                # the old capacity.
                 rate = self.model.rates[dim]
                 assert self.model.level(dim, server_now) == rate.cap, self.model
                 del self.model.buckets[dim]
@@ -536,28 +606,30 @@ class ScriptsMatchModel(RuleBasedStateMachine):
 
     @invariant()
     def stored_buckets_match(self) -> None:
-        """What is stored, too: "level rem den ts" per field (bucket.lua).
+        """What is stored, too: each bucket and the rates it is kept under.
 
-        Levels read back capped, so a bucket stored above its capacity or
-        with a stale remainder would only show after a later rate change;
-        comparing the stored fields shows it at once.
+        Levels read back capped, so a bucket stored wrong would only show
+        after a later rate change; comparing what is stored (as it reads under
+        its rates) shows it at once.
         """
         pipe = self.r.pipeline(transaction=True)
         pipe.time()
-        pipe.hgetall(self.limiter._scope.keys.state)
-        (seconds, micros), fields = pipe.execute()
-        stored = {
-            k.decode(): Bucket(*(int(v) for v in raw.split()))
-            for k, raw in fields.items()
-            if not k.startswith(b"$")  # a budget's field; none here
-        }
+        pipe.get(self.limiter._scope.keys.rates)
+        (seconds, micros), raw = pipe.execute()
         server_now = int(seconds) * 1_000_000 + int(micros)
-        for dim, bucket in self.model.buckets.items():
-            if dim in stored:
-                assert stored[dim] == bucket, dim
-            else:  # the hash expired: only allowed once the bucket was full again
-                assert self.model.level(dim, server_now) == self.model.rates[dim].cap, dim
-        assert set(stored) <= set(self.model.buckets)
+        stored = stored_rates(raw)
+        for dim, rate in self.model.rates.items():
+            if dim not in stored:  # the key expired: only allowed once the bucket is full
+                assert self.model.level(dim, server_now) == rate.cap, dim
+                continue
+            # The rates it is kept under are those of its last write (a rate
+            # change applies from the next one); it reads under the new ones.
+            bucket, _ = stored[dim]
+            model = self.model.buckets.get(dim)
+            if model is None:  # never written by the model: stored as full
+                model = Bucket(rate.cap, 0, rate.den, server_now)
+            assert normalized(bucket, rate, server_now) == normalized(model, rate, server_now), dim
+        assert set(stored) <= set(self.model.rates)
 
 
 def test_scripts_match_the_reference_model(r: redis.Redis) -> None:
@@ -635,11 +707,12 @@ def test_a_new_rate_applies_from_the_last_write(r: redis.Redis) -> None:
     model = Model({"requests": ModelRate.of(Rate(7, per=3))}, {}, {})
     flow = first._plan.acquire({"requests": 7}, None, model=None, tags=None, clock_us=clock_us())
     booking, _, reply = run(first, flow)
-    admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
+    admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[4])
     assert booking.permit is not None
     assert (admitted, wait) == (1, 0)
     assert model.acquire(booking.permit.id, {"requests": 7_000_000}, -1, now, model.rates) == (1, 0)
     time.sleep(0.01)
+    forget_holders(r, first._scope.keys.rates)  # the first process is gone, long enough
     second = Limiter(r, "q", requests=Rate(1000, per=7, burst=2))
     model.rates = {"requests": ModelRate.of(Rate(1000, per=7, burst=2))}
     (state, _), _, reply = run(second, second._plan.state(clock_us()))
@@ -662,7 +735,7 @@ def test_an_idle_quota_expires_at_the_rate_it_was_last_written_with(r: redis.Red
     """
     fast = Limiter(r, "q", tokens=Rate(100, per=0.1))  # empty -> full again in 0.1 s
     assert fast.try_acquire(tokens=100) is not None
-    key = fast._scope.keys.state
+    key = fast._scope.keys.rates
     assert 0 < r.pttl(key) <= 102  # 0.1 s, plus the scripts' millisecond of margin
     time.sleep(0.25)  # long past it
     slow = Limiter(r, "q", tokens=Rate(100, per=3600))  # now 100 per hour

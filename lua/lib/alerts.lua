@@ -3,19 +3,26 @@
 
 -- Report every alert threshold the spend has now reached for the first time
 -- this period: into the reply, the scope's alerts stream and its channel.
-local function check_alerts(scope, now, alerts)
+-- A PUBLISH the server refuses (an ACL user without channel permission)
+-- cannot undo what the script already wrote: it is reported as a
+-- "publish_denied" event instead of failing the call, and the alert still
+-- reaches the stream and the caller.
+local function check_alerts(scope, now, out)
   local b, st = scope.budget, scope.budget.st
   for _, a in ipairs(b.alerts) do
     if a[1] > st.fired and st.spent >= a[2] then
       st.fired = a[1]
       local spent, limit = string.format('%d', st.spent), string.format('%d', b.limit)
-      alerts[#alerts + 1] = { scope.j, a[1], spent, limit, st.label }
+      out.alerts[#out.alerts + 1] = { scope.j, a[1], spent, limit, st.label }
       redis.call('XADD', scope.alerts, 'MAXLEN', '~', 1000, '*', 'scope', scope.name,
         'threshold_ppm', a[1], 'spent', spent, 'limit', limit, 'period', st.label,
         't', string.format('%d', now))
       if b.channel ~= '' then
-        redis.call('PUBLISH', b.channel, table.concat(
+        local sent = redis.pcall('PUBLISH', b.channel, table.concat(
           { scope.name, a[1], spent, limit, st.label, string.format('%d', now) }, '\t'))
+        if type(sent) == 'table' and sent.err then
+          out.events[#out.events + 1] = { 'publish_denied', scope.j, sent.err }
+        end
       end
     end
   end

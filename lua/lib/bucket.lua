@@ -1,8 +1,6 @@
 -- lib/bucket.lua: one rate dimension's token bucket, in exact integers.
 --
--- A dimension's bucket is one field of the scope's state hash:
---   field = dimension name
---   value = "<level> <rem> <den> <ts>" (decimal integers)
+-- A bucket is {level, rem, den, ts} (lib/rates.lua stores it):
 --     level  micro-units in the bucket at time ts, after every admission
 --            booked up to ts (negative only for debt: a settle that used more
 --            than it reserved, or a provider's retry-after)
@@ -14,19 +12,7 @@
 --            as of that future instant, and nobody can be admitted before it
 -- The refill rate is num/den micro-units per microsecond, an exact fraction
 -- with num*den < 2^50, so every product below stays an exact double
--- (integers below 2^53). A missing field is a full bucket, which is also why
--- the hash may expire once every bucket in it would be full again.
-
--- "level rem den ts" -> table, or nil for an absent bucket.
-local function decode(raw)
-  if not raw then return nil end
-  local level, rem, den, ts = string.match(raw, '^(-?%d+) (%d+) (%d+) (%d+)$')
-  return { tonumber(level), tonumber(rem), tonumber(den), tonumber(ts) }
-end
-
-local function encode(level, rem, den, ts)
-  return string.format('%d %d %d %d', level, rem, den, ts)
-end
+-- (integers below 2^53). A missing bucket (nil) is a full one.
 
 -- Level and remainder of a bucket refilled up to `now`, capped at `cap`.
 local function refill(cur, cap, num, den, now)
@@ -72,4 +58,30 @@ local function wait_for(level, rem, need, num, den)
   local w = math.ceil(ticks / num)
   if (need - level) * den >= 4503599627370496 then w = w + 1 end
   return w
+end
+
+-- Debt past this would leave the exact range of doubles; no real quota gets near.
+local FLOOR = -2251799813685248
+
+-- Give a bucket back `back` micro-units of a permit admitted at `admit`, or
+-- charge it -back (a debt after everyone booked, so later callers wait).
+-- Returns the new bucket, or nil when nothing changes.
+local function credit(cur, cap, num, den, back, admit, now)
+  local level, rem, at = bucket_at(cur, cap, num, den, now)
+  if back < 0 then
+    level = math.max(level + back, FLOOR)
+  elseif admit <= now or admit >= at then
+    -- The call went out (its unused part comes back after everyone already
+    -- booked, as the provider's own bucket gives back an unused
+    -- reservation), or nobody is booked after it: credited.
+    level = level + back
+    if level >= cap then level, rem = cap, 0 end
+  else
+    -- A booking still in line with others booked after it: those were timed
+    -- without its units, and handing them to a newcomer would squeeze it in
+    -- just before them, more than the provider's bucket holds (that call
+    -- never reached the provider to be given back). The slot stays spent.
+    return nil
+  end
+  return { level, rem, den, at }
 end

@@ -31,9 +31,7 @@ end
 -- One ledger entry and the matching spend counter, written together so the
 -- sum of a day's entries always equals the day's counter.
 local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
-  local b = scope.budget
-  local _, _, day = period_of(b.days, now)
-  day = day or b.st.label
+  local _, _, day = period_of(scope.budget.days, now)
   -- The counter first: a script is not rolled back, so whatever could fail
   -- goes before the entry that must match it.
   redis.call('HINCRBY', scope.spend, day .. '|' .. model, string.format('%d', cost))

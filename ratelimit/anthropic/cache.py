@@ -1,7 +1,7 @@
 """An opt-in cache of Messages API responses in Redis, shared by every process.
 
 A request (the keyword arguments of ``client.messages.create``) maps to one
-Redis key, ``rl:v1:cache:<namespace>:<sha256>``, whose value is the response
+Redis key, ``rl:v2:cache:<namespace>:<sha256>``, whose value is the response
 ``Message`` as a msgpack-encoded dict (``message.model_dump(mode="json")``);
 ``Message.model_validate(cache.get(request))`` rebuilds it.
 
@@ -302,7 +302,7 @@ def _namespace(namespace: object) -> str:
 def cache_key(
     request: Mapping[str, Any], *, namespace: str = "default", cache_nondeterministic: bool = False
 ) -> str | None:
-    """``rl:v1:cache:<namespace>:<sha256 hex of the canonical request>``, or None.
+    """``rl:v2:cache:<namespace>:<sha256 hex of the canonical request>``, or None.
 
     None means the request is not cacheable: it is not deterministic (see
     :func:`is_deterministic`) and ``cache_nondeterministic`` is False.

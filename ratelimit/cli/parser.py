@@ -89,7 +89,7 @@ examples:
 
 READERS_EPILOG = """\
 These commands read a deployment's Redis (--redis-url is required) and change
-nothing. A scope's keys are rl:v1:{<slot>}:<name>:ledger, :spend and :alerts;
+nothing. A scope's keys are rl:v2:{<slot>}:<name>:ledger, :spend and :alerts;
 give --slot when its Limiter was built with slot=... Money is printed exactly.
 
 exit status:

@@ -11,8 +11,12 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-ScriptName = Literal["acquire", "settle", "state", "observe", "record"]
-SCRIPT_NAMES: tuple[ScriptName, ...] = ("acquire", "settle", "state", "observe", "record")
+ScriptName = Literal[
+    "acquire_rates", "settle_rates", "acquire", "settle", "state", "observe", "record"
+]
+SCRIPT_NAMES: tuple[ScriptName, ...] = (
+    "acquire_rates", "settle_rates", "acquire", "settle", "state", "observe", "record",
+)  # fmt: skip
 
 
 #: One argument of a script call, as redis-py sends it.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: Every key starts with this prefix; bumped whenever a script's storage format changes.
-KEY_PREFIX = "rl:v1:"
+KEY_PREFIX = "rl:v2:"
 
 #: Channel on which the scripts publish every alert (tab-separated fields).
 ALERT_CHANNEL = f"{KEY_PREFIX}alerts"
@@ -25,7 +25,7 @@ def escape_name(name: str) -> str:
 
 
 def slot_prefix(slot: str) -> str:
-    """The start of every key in ``slot``: ``rl:v1:{<slot>}:``."""
+    """The start of every key in ``slot``: ``rl:v2:{<slot>}:``."""
     return f"{KEY_PREFIX}{{{escape_name(slot)}}}:"
 
 
@@ -37,13 +37,18 @@ class ScopeKeys:
     slot: str
 
     def key(self, suffix: str) -> str:
-        """``rl:v1:{<slot>}:<name>:<suffix>``."""
+        """``rl:v2:{<slot>}:<name>:<suffix>``."""
         return f"{slot_prefix(self.slot)}{escape_name(self.name)}:{suffix}"
 
     @property
-    def state(self) -> str:
-        """Hash of the scope's rate buckets and budget."""
-        return self.key("s")
+    def rates(self) -> str:
+        """String of the scope's rate buckets (lua/lib/rates.lua); absent = all full."""
+        return self.key("r")
+
+    @property
+    def budget(self) -> str:
+        """String of the scope's budget for its current period (lua/lib/budget.lua)."""
+        return self.key("b")
 
     @property
     def permits(self) -> str:
@@ -70,17 +75,18 @@ class ScopeKeys:
         """Stream of the scope's budget alerts."""
         return self.key("alerts")
 
-    def script_keys(self) -> list[str]:
-        """The four keys a script takes per scope, in the order the scripts read them."""
-        return [self.state, self.ledger, self.spend, self.alerts]
+    def script_keys(self, budgeted: bool) -> list[str]:
+        """A scope's keys as the scripts read them (lua/lib/args.lua)."""
+        if not budgeted:
+            return [self.rates]
+        return [self.rates, self.budget, self.ledger, self.spend, self.alerts]
 
 
-def group_permit_keys(slot: str, scope_names: Sequence[str]) -> tuple[str, str]:
-    """The permits hash and leases set of a group of scopes, in one slot.
+def group_base(slot: str, scope_names: Sequence[str]) -> str:
+    """The start of the keys of a group of scopes' permits, in one slot.
 
     A group's permits have their own keys: a record lists the group's scopes
     by position, which a lone limiter would misread.
     """
     digest = hashlib.sha1("\0".join(scope_names).encode()).hexdigest()[:16]
-    base = f"{slot_prefix(slot)}group:{digest}"
-    return f"{base}:p", f"{base}:l"
+    return f"{slot_prefix(slot)}group:{digest}"

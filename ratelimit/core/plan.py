@@ -1,17 +1,18 @@
 """How the scopes of a limiter (or a group) are checked, and the flows over them.
 
-A :class:`Plan` groups its scopes by hash slot into :class:`Part` objects, one
-script call each, and writes every operation (acquire, settle, cancel,
-observe, record a saving, read the state) once, as a flow of script calls.
+A :class:`Plan` groups its scopes by hash slot into parts
+(:mod:`ratelimit.core.part`), one script call each, and writes every
+operation (acquire, settle, cancel, observe, record a saving, read the
+state) once, as a flow of script calls. A part without a budget takes the
+lean scripts (``acquire_rates``, ``settle_rates``): nothing of a permit is
+kept in Redis; a part with one takes the remembering scripts.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -28,7 +29,6 @@ from ratelimit.core.entries import (
     token_value,
     validate_model,
 )
-from ratelimit.core.keys import group_permit_keys
 from ratelimit.core.numbers import (
     MAX_BUDGET_NANO,
     MAX_CAPACITY_MICRO,
@@ -40,6 +40,8 @@ from ratelimit.core.numbers import (
     to_nano,
     usd,
 )
+from ratelimit.core.part import Part, PermitRef, new_nonce
+from ratelimit.core.replies import alerts_of, budget_refusal, report_events, timeout_error
 from ratelimit.core.results import (
     Alert,
     Booking,
@@ -63,29 +65,6 @@ from ratelimit.errors import (
 log = logging.getLogger("ratelimit")
 
 
-@dataclass(frozen=True)
-class Part:
-    """The scopes of one hash slot, checked by one script call, with their permits keys."""
-
-    scopes: tuple[ScopeSpec, ...]
-    permits_key: str
-    leases_key: str
-
-    def keys(self) -> list[str]:
-        """The KEYS of a script call (lua/lib/args.lua): permits, leases, then 4 per scope."""
-        return [
-            self.permits_key,
-            self.leases_key,
-            *(key for scope in self.scopes for key in scope.keys.script_keys()),
-        ]
-
-    def block(self, amounts: Mapping[str, int], instant_us: int) -> list[int | str]:
-        args: list[int | str] = [len(self.scopes)]
-        for scope in self.scopes:
-            args += scope.block(amounts, instant_us)
-        return args
-
-
 class Plan:
     """How the scopes of a limiter (or of a :class:`LimiterGroup`) are checked.
 
@@ -105,17 +84,22 @@ class Plan:
         by_slot: dict[str, list[ScopeSpec]] = {}
         for scope in scopes:
             by_slot.setdefault(scope.slot, []).append(scope)
-        self.parts: list[Part] = []
-        for slot, members in by_slot.items():
-            if len(scopes) == 1:
-                permits, leases = members[0].keys.permits, members[0].keys.leases
-            else:
-                permits, leases = group_permit_keys(slot, names)
-            self.parts.append(Part(tuple(members), permits, leases))
+        group = names if len(scopes) > 1 else None
+        parts = [Part.of(slot, members, group) for slot, members in by_slot.items()]
+        # Lean parts go first: a permit's id holds their admission times, and
+        # is complete before a part that keeps the permit under it is called.
+        self.parts = [p for p in parts if not p.budgeted] + [p for p in parts if p.budgeted]
+        self._lean = sum(not part.budgeted for part in self.parts)
         self.budget_names = frozenset(s.budget.name for s in scopes if s.budget)
         self.rate_names = frozenset(d.name for s in scopes for d in s.rates)
+        #: The rate dimensions in the order a permit id lists their reservation.
+        self.rate_order = tuple(sorted(self.rate_names))
+        self._known = tuple(sorted(self.rate_names | self.budget_names))
         self._instant_us = 0
         self._instant_known = False
+        #: The highest spend seen per budgeted scope, by period label: sent
+        #: back as a floor, so a Redis that lost it cannot start from zero.
+        self._floors: dict[str, tuple[str, int]] = {}
 
     # The scripts decide with Redis TIME; the client only has to send budget
     # periods around it. It estimates Redis time from the last reply and, when
@@ -134,18 +118,24 @@ class Plan:
         For acquire, ``requests`` defaults to 1 and other dimensions to 0; for
         settle, a dimension not given keeps its reservation (-1).
         """
-        known = self.rate_names | self.budget_names
-        for name in costs:
-            if name not in known:
-                raise UnknownDimension(f"no dimension {name!r} here; there are {sorted(known)}")
+        verb = "cost" if acquire else "actual"
         amounts: dict[str, int] = {}
-        for name in sorted(known):
+        for name in self._known:
             if name not in costs:
                 amounts[name] = (MICRO if name == "requests" else 0) if acquire else -1
-            elif name in self.budget_names:
-                amounts[name] = to_nano(costs[name], f"{'cost' if acquire else 'actual'} {name!r}")
+                continue
+            value = costs[name]
+            if name in self.budget_names:
+                amounts[name] = to_nano(value, f"{verb} {name!r}")
+            elif type(value) is int and 0 <= value <= MAX_CAPACITY_MICRO:
+                amounts[name] = value * MICRO  # the common case, exact without Decimal
             else:
-                amounts[name] = to_micro(costs[name], f"{'cost' if acquire else 'actual'} {name!r}")
+                amounts[name] = to_micro(value, f"{verb} {name!r}")
+        if len(costs) > len(amounts) or any(name not in amounts for name in costs):
+            unknown = sorted(set(costs) - set(amounts))
+            raise UnknownDimension(
+                f"no dimension {unknown[0]!r} here; there are {list(self._known)}"
+            )
         for name, amount in amounts.items():
             bound = MAX_BUDGET_NANO if name in self.budget_names else MAX_CAPACITY_MICRO
             if amount > bound:
@@ -153,21 +143,75 @@ class Plan:
                     f"{name}={costs[name]!r} is too large to be stored exactly"
                 )
         if acquire:
-            for scope in self.scopes:
-                for d in scope.rates:
-                    if amounts[d.name] > d.capacity_micro:
-                        raise CostExceedsCapacity(
-                            f"a cost of {Decimal(amounts[d.name]) / MICRO} {d.name} can never "
-                            f"fit in {scope.name!r}, whose bucket holds "
-                            f"{Decimal(d.capacity_micro) / MICRO}"
-                        )
-                b = scope.budget
-                if b and amounts[b.name] > b.limit_nano:
-                    raise CostExceedsCapacity(
-                        f"a cost of ${usd(amounts[b.name])} can never fit in the "
-                        f"${usd(b.limit_nano)} budget of {scope.name!r}"
-                    )
+            self._check_fits(amounts)
         return amounts
+
+    def _check_fits(self, amounts: Mapping[str, int]) -> None:
+        for scope in self.scopes:
+            for d in scope.rates:
+                if amounts[d.name] > d.capacity_micro:
+                    raise CostExceedsCapacity(
+                        f"a cost of {Decimal(amounts[d.name]) / MICRO} {d.name} can never "
+                        f"fit in {scope.name!r}, whose bucket holds "
+                        f"{Decimal(d.capacity_micro) / MICRO}"
+                    )
+            b = scope.budget
+            if b and amounts[b.name] > b.limit_nano:
+                raise CostExceedsCapacity(
+                    f"a cost of ${usd(amounts[b.name])} can never fit in the "
+                    f"${usd(b.limit_nano)} budget of {scope.name!r}"
+                )
+
+    @staticmethod
+    def _max_wait_us(timeout_s: object) -> int:
+        if timeout_s is None:
+            return -1
+        if type(timeout_s) is int and timeout_s >= 0:
+            return timeout_s * MICRO
+        wait = exact(timeout_s, "timeout")
+        if wait < 0:
+            raise InvalidArgument(f"timeout must not be negative, got {timeout_s!r}")
+        return math.floor(wait * MICRO)
+
+    # -- one script call -------------------------------------------------------
+    def _call(
+        self,
+        script: ScriptName,
+        part: Part,
+        *,
+        head: list[ScriptArg],
+        amounts: Mapping[str, int],
+        tail: list[ScriptArg],
+        clock_us: int,
+    ) -> Flow[list[Any]]:
+        """One script call; sent again once when its budget periods missed Redis time.
+
+        Its events are reported and the spend it saw kept as a floor.
+        """
+        keys = part.keys()
+        budgeted = part.budgeted
+        instant = self._estimate(clock_us) if budgeted else 0
+        for _ in range(2):
+            args = [*head, *part.block(amounts, instant, self._floors), *tail]
+            reply = yield ScriptCall(script, keys, args)
+            # Every reply starts {status, now_us, alerts, events, ...}.
+            if reply[3]:
+                report_events(part, reply[3])
+            if not budgeted:
+                return list(reply)
+            instant = int(reply[1])
+            self._observe(instant)
+            if int(reply[0]) != -2:
+                return list(reply)
+        raise BackendError("Redis time keeps moving out of the budget periods sent")
+
+    def _see(self, part: Part, seen: Sequence[Any]) -> None:
+        """Keep the highest spend seen per budgeted scope in its latest period."""
+        for j, label, spent in seen:
+            name, period, nano = part.scopes[int(j) - 1].name, text(label), int(spent)
+            kept = self._floors.get(name)
+            if kept is None or period > kept[0] or (period == kept[0] and nano > kept[1]):
+                self._floors[name] = (period, nano)
 
     # -- acquire ---------------------------------------------------------------
     def acquire(
@@ -181,81 +225,74 @@ class Plan:
     ) -> Flow[Booking]:
         """Book one admission across every part; the shell sleeps ``permit.wait_s`` after."""
         amounts = self.amounts(costs, acquire=True)
-        ledger_tail = acquire_record(self.rate_names, costs, model, tags)
-        if timeout_s is None:
-            max_wait_us = -1
-        else:
-            wait = exact(timeout_s, "timeout")
-            if wait < 0:
-                raise InvalidArgument(f"timeout must not be negative, got {timeout_s!r}")
-            max_wait_us = math.floor(wait * MICRO)
-        permit_id = secrets.token_hex(16)
-        admitted: list[Part] = []
+        max_wait_us = self._max_wait_us(timeout_s)
+        ledger_tail: LedgerTail = []
+        if self.budget_names:
+            ledger_tail = acquire_record(self.rate_names, costs, model, tags)
+        elif model is not None or tags is not None:
+            validate_model(model), pack_tags(tags)  # labels nothing, but bad input is refused
+        nonce = new_nonce()
+        reserved = tuple(amounts[d] for d in self.rate_order)
+        admits: list[int] = []  # per lean part: its admission time
+        done: list[Part] = []
         alerts: list[Alert] = []
-        wait_us, admitted_at = 0, 0
-        error: AcquireTimeout | BudgetExceeded | None = None
+        pid, wait_us, admitted_at = "", 0, 0
         for part in self.parts:
+            if part.budgeted and not pid:
+                # Every lean part is admitted by now (they go first): the id is
+                # complete, and a remembered permit is kept under it.
+                pid = PermitRef(nonce, tuple(admits), reserved).encode()
             try:
-                reply = yield from self._call_with_periods(
-                    "acquire",
-                    part,
-                    head=[permit_id, max_wait_us, self.lease_us],
-                    amounts=amounts,
-                    tail=ledger_tail,
-                    clock_us=clock_us,
-                )
+                if part.budgeted:
+                    reply = yield from self._call(
+                        "acquire",
+                        part,
+                        head=[pid, max_wait_us, self.lease_us],
+                        amounts=amounts,
+                        tail=ledger_tail,
+                        clock_us=clock_us,
+                    )
+                    self._see(part, reply[5] if int(reply[0]) >= 0 else [])
+                else:
+                    reply = yield from self._call(
+                        "acquire_rates", part, head=[max_wait_us], amounts=amounts, tail=[],
+                        clock_us=clock_us,
+                    )  # fmt: skip
             except RedisUnavailable as exc:
-                error = yield from self._unavailable(exc, admitted, permit_id)
+                ref = PermitRef(nonce, tuple(admits), reserved)
+                error = yield from self._unavailable(exc, ref, done)
                 if error is None:
-                    return Booking(self._unbacked(permit_id, amounts), None, tuple(alerts))
+                    return Booking(self._unbacked(nonce, amounts), None, tuple(alerts))
                 return Booking(None, error, tuple(alerts))
-            code, now_us = int(reply[0]), int(reply[1])
-            alerts += self._alerts(part, reply[2])
+            code = int(reply[0])
+            alerts += alerts_of(part, reply[2])
             if code == 1:
-                admitted.append(part)
-                wait_us = max(wait_us, int(reply[3]))
-                admitted_at = max(admitted_at, now_us + int(reply[3]))
+                wait_us = max(wait_us, int(reply[4]))
+                admit = int(reply[1]) + int(reply[4])
+                admitted_at = max(admitted_at, admit)
+                if not part.budgeted:
+                    admits.append(admit)
+                done.append(part)
                 continue
+            error_: AcquireTimeout | BudgetExceeded
             if code == 0:
-                error = self._timeout(int(reply[3]), timeout_s)
+                names = [s.name for s in self.scopes]
+                error_ = timeout_error(names, int(reply[4]), timeout_s)
             else:  # -1: a budget refused
-                error = self._budget_refusal(part, reply)
-            yield from self._cancel_parts(admitted, permit_id)
-            return Booking(None, error, tuple(alerts))
+                error_ = budget_refusal(part, reply)
+            yield from self._cancel_parts(PermitRef(nonce, tuple(admits), reserved), done)
+            return Booking(None, error_, tuple(alerts))
+        pid = pid or PermitRef(nonce, tuple(admits), reserved).encode()
         permit = PermitData(
-            permit_id, amounts, wait_us / MICRO, admitted_at, True, budget_names=self.budget_names
+            pid, amounts, wait_us / MICRO, admitted_at, True, budget_names=self.budget_names
         )
         return Booking(permit, None, tuple(alerts))
 
-    def _call_with_periods(
-        self,
-        script: ScriptName,
-        part: Part,
-        *,
-        head: list[ScriptArg],
-        amounts: Mapping[str, int],
-        tail: list[ScriptArg],
-        clock_us: int,
-    ) -> Flow[list[Any]]:
-        """One script call; sent again once when its budget periods missed Redis time."""
-        instant = self._estimate(clock_us)
-        for _ in range(2):
-            reply = yield ScriptCall(
-                script, part.keys(), [*head, *part.block(amounts, instant), *tail]
-            )
-            # Every reply starts {status, now_us, alerts, ...}.
-            instant = int(reply[1])
-            self._observe(instant)
-            if int(reply[0]) == -2:
-                continue  # our periods missed Redis time: send them around it
-            return list(reply)
-        raise BackendError("Redis time keeps moving out of the budget periods sent")
-
     def _unavailable(
-        self, exc: RedisUnavailable, admitted: list[Part], permit_id: str
+        self, exc: RedisUnavailable, ref: PermitRef, done: list[Part]
     ) -> Flow[AcquireTimeout | None]:
         if self.on_redis_error == "raise":
-            yield from self._cancel_parts(admitted, permit_id, quiet=True)
+            yield from self._cancel_parts(ref, done, quiet=True)
             raise exc
         log.warning(
             "Redis unreachable, %s %s: %s",
@@ -265,76 +302,32 @@ class Plan:
         )
         if self.on_redis_error == "allow":
             return None
-        yield from self._cancel_parts(admitted, permit_id, quiet=True)
+        yield from self._cancel_parts(ref, done, quiet=True)
         error = AcquireTimeout("Redis is unreachable and on_redis_error='deny'", 1.0)
         error.__cause__ = exc
         return error
 
-    def _unbacked(self, permit_id: str, amounts: dict[str, int]) -> PermitData:
-        return PermitData(permit_id, amounts, 0.0, 0, False, budget_names=self.budget_names)
+    def _unbacked(self, nonce: str, amounts: dict[str, int]) -> PermitData:
+        lean = sum(not part.budgeted for part in self.parts)
+        ref = PermitRef(nonce, (0,) * lean, tuple(amounts[d] for d in self.rate_order))
+        return PermitData(ref.encode(), amounts, 0.0, 0, False, budget_names=self.budget_names)
 
     def _cancel_parts(
-        self, parts: list[Part], permit_id: str, *, quiet: bool = False
+        self, ref: PermitRef, parts: list[Part], *, quiet: bool = False
     ) -> Flow[None]:
-        zero = dict.fromkeys(self.rate_names | self.budget_names, 0)
+        """Give back what the first parts admitted when a later one refused."""
+        zero = dict.fromkeys(self._known, 0)
+        pid = ref.encode()
         for part in parts:
             try:
-                yield from self._call_with_periods(
-                    "settle",
-                    part,
-                    head=[permit_id],
-                    amounts=zero,
-                    tail=CANCELLED,
+                yield from self._end(
+                    part, ref, pid, zero, ledger_tail=CANCELLED, figures="",
                     clock_us=self._instant_us,
-                )
+                )  # fmt: skip
             except BackendError:
                 if not quiet:
                     raise
-                log.exception("could not return permit %s; its lease will reclaim it", permit_id)
-
-    def _timeout(self, wait_us: int, timeout_s: object) -> AcquireTimeout:
-        names = [s.name for s in self.scopes]
-        if wait_us < 0:
-            return AcquireTimeout(f"{names} are booked too far ahead to take this", math.inf)
-        return AcquireTimeout(
-            f"{names} would admit this in {wait_us / MICRO:.3f}s, later than the timeout of "
-            f"{timeout_s}s",
-            wait_us / MICRO,
-        )
-
-    @staticmethod
-    def _budget_refusal(part: Part, reply: Sequence[Any]) -> BudgetExceeded:
-        scope = part.scopes[int(reply[3]) - 1]
-        if scope.budget is None:  # pragma: no cover - the script names a budgeted scope
-            raise BackendError(f"unexpected budget refusal {reply!r}")
-        budget = scope.budget.budget
-        spent, reserved, limit = usd(int(reply[4])), usd(int(reply[5])), usd(int(reply[6]))
-        resets_at = datetime.fromtimestamp(int(reply[7]) / MICRO, budget.zone)
-        return BudgetExceeded(
-            f"the ${limit} per {budget.per} budget of {scope.name!r} cannot take this: "
-            f"${spent} spent and ${reserved} reserved; it resets at {resets_at.isoformat()}",
-            scope=scope.name,
-            spent=spent,
-            reserved=reserved,
-            limit=limit,
-            resets_at=resets_at,
-        )
-
-    @staticmethod
-    def _alerts(part: Part, raw: Sequence[Any]) -> list[Alert]:
-        alerts = []
-        for j, ppm, spent, limit, period in raw:
-            scope = part.scopes[int(j) - 1]
-            alerts.append(
-                Alert(
-                    threshold=int(ppm) / MICRO,
-                    scope=scope.name,
-                    spent=usd(int(spent)),
-                    limit=usd(int(limit)),
-                    period=text(period),
-                )
-            )
-        return alerts
+                log.exception("could not return permit %s; its lease will end it", pid)
 
     # -- settle ----------------------------------------------------------------
     def settle(
@@ -354,20 +347,46 @@ class Plan:
         ``remaining`` (units per rate dimension, what the provider reports is
         left) then brings those buckets down to it in the same script call.
         """
-        pid = validate_name(permit_id, "permit id")
+        ref = self._ref(permit_id)
+        pid = str(permit_id)
         self.amounts(actual, acquire=False)  # validate before anything is priced
         left = self._remaining(remaining or {})
-        values, ledger_tail = settle_inputs(
-            self.rate_names,
-            self.budget_names,
-            actual,
-            model=model,
-            tags=tags,
-            usage=usage,
-            pricer=pricer,
-        )
+        ledger_tail: LedgerTail = ["", b"", b"", "settled"]
+        values: Mapping[str, object] = actual
+        if model is not None or tags is not None or usage is not None:
+            values, ledger_tail = settle_inputs(
+                self.rate_names,
+                self.budget_names,
+                actual,
+                model=model,
+                tags=tags,
+                usage=usage,
+                pricer=pricer,
+            )
         amounts = self.amounts(values, acquire=False)
-        return (yield from self._finish(pid, amounts, ledger_tail, clock_us, left))
+        return (
+            yield from self._finish(
+                ref, pid, amounts, ledger_tail, clock_us=clock_us, remaining=left
+            )
+        )
+
+    def cancel(self, permit_id: object, *, clock_us: int) -> Flow[Settlement]:
+        """Return everything a permit took, in every part."""
+        ref = self._ref(permit_id)
+        zero = dict.fromkeys(self._known, 0)
+        return (
+            yield from self._finish(
+                ref, str(permit_id), zero, CANCELLED, clock_us=clock_us, remaining={}
+            )
+        )
+
+    def _ref(self, permit_id: object) -> PermitRef:
+        """What the id carries. Without lean parts, the id is only the key of a
+        permit Redis remembers: any string is one, perhaps of no permit."""
+        pid = validate_name(permit_id, "permit id")
+        if not self._lean:
+            return PermitRef(pid, (), ())
+        return PermitRef.decode(pid, self._lean, len(self.rate_order))
 
     def _remaining(self, remaining: Mapping[str, object]) -> dict[str, int]:
         """Provider figures per rate dimension, validated, in micro-units."""
@@ -380,17 +399,13 @@ class Plan:
             left[name] = to_micro(value, f"remaining {name!r}")
         return left
 
-    def cancel(self, permit_id: object, *, clock_us: int) -> Flow[Settlement]:
-        """Return everything a permit took, in every part."""
-        pid = validate_name(permit_id, "permit id")
-        zero = dict.fromkeys(self.rate_names | self.budget_names, 0)
-        return (yield from self._finish(pid, zero, CANCELLED, clock_us, {}))
-
     def _finish(
         self,
+        ref: PermitRef,
         pid: str,
         amounts: dict[str, int],
         ledger_tail: LedgerTail,
+        *,
         clock_us: int,
         remaining: Mapping[str, int],
     ) -> Flow[Settlement]:
@@ -404,7 +419,32 @@ class Plan:
                 for d in scope.rates
                 if d.name in remaining
             )
-            reply = yield from self._call_with_periods(
+            reply = yield from self._end(
+                part, ref, pid, amounts, ledger_tail=ledger_tail, figures=figures,
+                clock_us=clock_us,
+            )  # fmt: skip
+            applied = applied or int(reply[0]) == 1
+            alerts += alerts_of(part, reply[2])
+            for j, nano in reply[4]:
+                overshoot[part.scopes[int(j) - 1].name] = usd(int(nano))
+        if overshoot:
+            log.warning("permit %s cost more than it reserved: %s", pid, overshoot)
+        return Settlement("settled" if applied else "unknown", overshoot, tuple(alerts))
+
+    def _end(
+        self,
+        part: Part,
+        ref: PermitRef,
+        pid: str,
+        amounts: Mapping[str, int],
+        *,
+        ledger_tail: LedgerTail,
+        figures: str,
+        clock_us: int,
+    ) -> Flow[list[Any]]:
+        """One part's settle (or cancel: all amounts 0)."""
+        if part.budgeted:
+            reply = yield from self._call(
                 "settle",
                 part,
                 head=[pid],
@@ -412,13 +452,18 @@ class Plan:
                 tail=[*ledger_tail, figures],
                 clock_us=clock_us,
             )
-            applied = applied or int(reply[0]) == 1
-            alerts += self._alerts(part, reply[2])
-            for j, nano in reply[3]:
-                overshoot[part.scopes[int(j) - 1].name] = usd(int(nano))
-        if overshoot:
-            log.warning("permit %s cost more than it reserved: %s", pid, overshoot)
-        return Settlement("settled" if applied else "unknown", overshoot, tuple(alerts))
+            self._see(part, reply[5] if int(reply[0]) >= 0 else [])
+            return reply
+        # Lean: Redis gets back what the permit did not use (or a debt).
+        reserved = dict(zip(self.rate_order, ref.reserved_micro, strict=True))
+        back = {d: 0 if a < 0 else reserved[d] - a for d, a in amounts.items() if d in reserved}
+        admit = ref.admits_us[self.parts.index(part)]
+        keys = [part.marker_prefix + ref.nonce, *part.keys()]
+        args = [admit, admit + self.lease_us, figures, *part.block(back)]
+        reply = yield ScriptCall("settle_rates", keys, args)
+        if reply[3]:
+            report_events(part, reply[3])
+        return list(reply)
 
     # -- provider feedback -------------------------------------------------------
     def observe(
@@ -430,10 +475,15 @@ class Plan:
         retry_us = 0 if retry_after_s is None else scaled(retry_after_s, "retry_after", MICRO)
         lowered = 0
         for part in self.parts:
-            reply = yield from self._call_with_periods(
-                "observe", part, head=[], amounts=amounts, tail=[retry_us], clock_us=clock_us
+            reply = yield from self._call(
+                "observe",
+                part,
+                head=[1 if part.budgeted else 0],
+                amounts=amounts,
+                tail=[retry_us],
+                clock_us=clock_us,
             )
-            lowered += int(reply[3])
+            lowered += int(reply[4])
         return lowered
 
     def record_saving(
@@ -456,15 +506,12 @@ class Plan:
         ]
         recorded = 0
         for part in self.parts:
-            reply = yield from self._call_with_periods(
-                "record",
-                part,
-                head=[secrets.token_hex(16)],
-                amounts=amounts,
-                tail=tail,
-                clock_us=clock_us,
+            if not part.budgeted:
+                continue
+            reply = yield from self._call(
+                "record", part, head=[new_nonce()], amounts=amounts, tail=tail, clock_us=clock_us
             )
-            recorded += int(reply[3])
+            recorded += int(reply[4])
         return recorded
 
     # -- state -----------------------------------------------------------------
@@ -474,29 +521,38 @@ class Plan:
         alerts: list[Alert] = []
         prefix = len(self.scopes) > 1
         for part in self.parts:
-            reply = yield from self._call_with_periods(
-                "state", part, head=[], amounts={}, tail=[], clock_us=clock_us
+            reply = yield from self._call(
+                "state",
+                part,
+                head=[1 if part.budgeted else 0],
+                amounts={},
+                tail=[],
+                clock_us=clock_us,
             )
-            alerts += self._alerts(part, reply[2])
-            levels, budgets = iter(reply[3]), iter(reply[4])
-            for scope in part.scopes:
+            alerts += alerts_of(part, reply[2])
+            rates, budgets = iter(reply[4]), iter(reply[5])
+            seen = []
+            for j, scope in enumerate(part.scopes, 1):
                 label = f"{scope.name}." if prefix else ""
                 for d in scope.rates:
-                    level = int(next(levels))
+                    level, cap, num, den = (int(v) for v in next(rates))
                     result[label + d.name] = DimensionState(
                         available=level / MICRO,
-                        capacity=d.capacity_micro / MICRO,
-                        rate_per_s=d.rate.rate_per_s,
+                        capacity=cap / MICRO,
+                        rate_per_s=num / den,
                         available_micro=level,
                     )
                 if scope.budget:
                     spent, reserved, stop = (int(v) for v in next(budgets))
                     budget = scope.budget.budget
+                    resets_at = datetime.fromtimestamp(stop / MICRO, budget.zone)
                     result[label + scope.budget.name] = BudgetState(
                         spent=usd(spent),
                         reserved=usd(reserved),
                         limit=usd(scope.budget.limit_nano),
-                        resets_at=datetime.fromtimestamp(stop / MICRO, budget.zone),
+                        resets_at=resets_at,
                         period=budget.per,
                     )
+                    seen.append((j, budget.periods_around(stop - 1)[1][1], spent))
+            self._see(part, seen)
         return result, alerts

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+from ratelimit.core.calls import ScriptArg
 from ratelimit.core.keys import ALERT_CHANNEL, ScopeKeys
 from ratelimit.core.numbers import MICRO, positive
 from ratelimit.core.settings import Budget, Rate, Retention, calendar_around, zone
@@ -142,9 +143,16 @@ class ScopeSpec:
         """The scope's Redis keys."""
         return ScopeKeys(self.name, self.slot)
 
-    def block(self, amounts: Mapping[str, int], instant_us: int) -> list[int | str]:
-        """This scope's part of a script's ARGV (see lua/lib/args.lua)."""
-        args: list[int | str] = [self.name, len(self.rates)]
+    def block(
+        self, amounts: Mapping[str, int], instant_us: int, floor: tuple[str, int] | None
+    ) -> list[ScriptArg]:
+        """This scope's part of a script's ARGV (see lua/lib/args.lua).
+
+        ``floor`` is the highest spend (nano-dollars) this process has seen in
+        the budget period it labels; it is sent when that is the period
+        around ``instant_us``.
+        """
+        args: list[ScriptArg] = [self.name, len(self.rates)]
         for d in self.rates:
             args += [d.name, d.capacity_micro, d.num, d.den, amounts.get(d.name, 0)]
         b = self.budget
@@ -154,7 +162,10 @@ class ScopeSpec:
         day_starts, day_labels = calendar_around(instant_us, self.day_zone, "day")
         retention = self.retention
         max_age_ms = 0 if retention.max_age_s is None else math.ceil(retention.max_age_s * 1000)
+        same_days = 1 if str(self.day_zone) == str(b.budget.zone) else 0
+        seen = floor[1] if floor is not None and floor[0] == labels[1] else 0
         return [
             *args, 1, b.name, b.limit_nano, amounts.get(b.name, 0), b.thresholds, ALERT_CHANNEL,
             *starts, *labels, *day_starts, *day_labels, retention.maxlen, max_age_ms,
+            seen, same_days,
         ]  # fmt: skip

@@ -1,0 +1,126 @@
+"""The scopes one script call checks together, and what a permit carries.
+
+Scopes that share a slot form one :class:`Part`, checked and debited by one
+script call. A part with a budget is *remembered*: Redis keeps its permits
+(reservation, lease, ledger labels) so a crashed worker's reservation is
+reclaimed and charged. A part without one is *lean*: Redis keeps only its
+buckets, and the permit itself carries what a settle needs, its admission
+time and reservation, in its id (:class:`PermitRef`), so a permit that is
+never settled leaves nothing behind once its buckets have refilled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ratelimit.core.calls import ScriptArg
+from ratelimit.core.keys import group_base
+from ratelimit.core.scope import ScopeSpec
+from ratelimit.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class Part:
+    """The scopes of one hash slot, checked by one script call, and their permit keys."""
+
+    scopes: tuple[ScopeSpec, ...]
+    permits_key: str
+    leases_key: str
+    marker_prefix: str
+    """Start of a lean permit's settle-marker key (the permit's nonce follows)."""
+
+    @classmethod
+    def of(cls, slot: str, members: Sequence[ScopeSpec], group: Sequence[str] | None) -> Part:
+        """The part of ``members`` (scopes of ``slot``); ``group``: all scope names of a group."""
+        if group is None:
+            keys = members[0].keys
+            return cls(tuple(members), keys.permits, keys.leases, keys.key("x:"))
+        base = group_base(slot, group)
+        return cls(tuple(members), f"{base}:p", f"{base}:l", f"{base}:x:")
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether a scope here has a budget (its permits are remembered in Redis)."""
+        return any(scope.budget is not None for scope in self.scopes)
+
+    def keys(self) -> list[str]:
+        """The KEYS of a script call (lua/lib/args.lua); permits and leases first when budgeted."""
+        budgeted = self.budgeted
+        head = [self.permits_key, self.leases_key] if budgeted else []
+        return head + [
+            key for scope in self.scopes for key in scope.keys.script_keys(scope.budget is not None)
+        ]
+
+    def block(
+        self,
+        amounts: Mapping[str, int],
+        instant_us: int = 0,
+        floors: Mapping[str, tuple[str, int]] | None = None,
+    ) -> list[ScriptArg]:
+        """The scope block of a script's ARGV (lua/lib/args.lua).
+
+        ``instant_us`` (an estimate of Redis time) places the budget periods,
+        and ``floors`` holds the spend this process has seen per budgeted
+        scope, by period label; a lean part needs neither.
+        """
+        args: list[ScriptArg] = [len(self.scopes)]
+        for scope in self.scopes:
+            args += scope.block(amounts, instant_us, (floors or {}).get(scope.name))
+        return args
+
+
+class _Nonces:
+    """Permit nonces: a random prefix per process and a counter, unique without a syscall."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+new_nonce = _Nonces().next
+
+
+@dataclass(frozen=True)
+class PermitRef:
+    """What a permit's id carries: a nonce, each part's admission time and the reservation.
+
+    The id reads ``<nonce>.<admit_us>[,<admit_us>...].<amount>[,<amount>...]``
+    (hexadecimal): the admission time (Redis microseconds) in each lean part,
+    and the reserved micro-units of each rate dimension in the plan's order.
+    Any process that builds the same limiter can settle a permit by its id.
+    """
+
+    nonce: str
+    admits_us: tuple[int, ...]
+    reserved_micro: tuple[int, ...]
+
+    def encode(self) -> str:
+        """The permit id."""
+        admits = ",".join(f"{a:x}" for a in self.admits_us)
+        return f"{self.nonce}.{admits}.{','.join(f'{r:x}' for r in self.reserved_micro)}"
+
+    @classmethod
+    def decode(cls, permit_id: str, parts: int, dimensions: int) -> PermitRef:
+        """A permit id read back (``parts``: how many lean parts admitted it)."""
+        try:
+            nonce, admits, reserved = permit_id.split(".")
+            ref = cls(
+                nonce,
+                tuple(int(a, 16) for a in admits.split(",")) if admits else (),
+                tuple(int(r, 16) for r in reserved.split(",")) if reserved else (),
+            )
+        except ValueError:
+            raise InvalidArgument(f"{permit_id!r} is not a permit id") from None
+        if not nonce or len(ref.admits_us) != parts or len(ref.reserved_micro) != dimensions:
+            raise InvalidArgument(f"permit {permit_id!r} was not admitted by this limiter")
+        return ref
