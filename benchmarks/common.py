@@ -1,5 +1,6 @@
-"""What the benchmark scripts share: their common options, the server they run on, how
-they describe the run, and the clean-up of their keys.
+"""What the benchmark scripts share: their common options, the server they run on and its
+counters, the quotas they measure, how they describe the run and print its tables, and
+the clean-up of their keys.
 
 A script run as ``python benchmarks/<script>.py`` has this folder on ``sys.path``, so
 it imports this module as ``common``.
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import importlib.metadata
 import json
+import math
 import os
 import platform
 import secrets
@@ -23,8 +26,42 @@ from typing import Any
 
 import redis
 
+from ratelimit import Limiter, Rate
 from ratelimit.limiter import connect
 from ratelimit.server import EmbeddedServer, Engine
+
+MICRO = 1_000_000
+
+#: A rate no benchmark can exhaust: 10^9 units a second, bucket of 10^9.
+UNLIMITED = Rate(1_000_000_000)
+THREE_DIM = {"requests": UNLIMITED, "input_tokens": UNLIMITED, "output_tokens": UNLIMITED}
+ONE_DIM = {"requests": UNLIMITED}
+#: Costs by dimension, passed as ``**costs``. Typed ``Any``: the methods' own
+#: keyword parameters (``model``, ``tags``...) make mypy refuse ``**dict[str, int]``.
+Costs = dict[str, Any]
+#: A typical call: its reservation, then what it really used (settled).
+COSTS_3: Costs = {"input_tokens": 1200, "output_tokens": 1024}
+ACTUAL_3: Costs = {"input_tokens": 1187, "output_tokens": 342}
+
+
+def quota(client: redis.Redis | str, name: str, rates: Mapping[str, Rate]) -> Limiter:
+    """A limiter with these dimensions.
+
+    (Limiter's other keyword parameters make mypy refuse ``**rates`` of a
+    ``dict[str, Rate]``, hence the ``Any``.)
+    """
+    dimensions: dict[str, Any] = dict(rates)
+    return Limiter(client, name, **dimensions)
+
+
+def preload_scripts(client: redis.Redis, name: str) -> None:
+    """Run every script once so no worker's first call pays a SCRIPT LOAD."""
+    limiter = quota(client, name, ONE_DIM)
+    permit = limiter.try_acquire()
+    if permit is not None:
+        permit.settle(requests=1)
+    limiter.state()
+
 
 # -- options ------------------------------------------------------------------------
 
@@ -70,22 +107,108 @@ def server_version(client: redis.Redis) -> str:
     return f"redis {info['redis_version']}"
 
 
-def package_version() -> str:
+def package_version(distribution: str = "llm-quota-guard") -> str:
     try:
-        return importlib.metadata.version("llm-quota-guard")
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
+        return "not installed"
 
 
 def delete_run_keys(client: redis.Redis, run_id: str) -> None:
-    """Delete the keys of the run's own quotas (``<run_id>-*``), nothing else.
+    """Delete the keys of the run's own quotas, nothing else.
 
-    A server that has gone away by now is no error: there is nothing left to tidy.
+    Every key a benchmark writes has ``<run_id>-`` in its name: ours carry it in
+    their hash tag (``rl:v1:{<run_id>-...``), other libraries' after their own
+    prefix. A server that has gone away by now is no error: there is nothing
+    left to tidy.
     """
     with contextlib.suppress(redis.exceptions.RedisError):
-        keys = list(client.scan_iter(match=f"rl:v1:{{{run_id}-*", count=1000))
-        if keys:
-            client.delete(*keys)
+        keys = list(client.scan_iter(match=f"*{run_id}-*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start : start + 1000])
+
+
+# -- server-side counters ---------------------------------------------------------
+
+#: Commands that run a script (Redis < 7 counts every SCRIPT subcommand as "script").
+SCRIPT_COMMANDS = (
+    "cmdstat_eval",
+    "cmdstat_evalsha",
+    "cmdstat_eval_ro",
+    "cmdstat_evalsha_ro",
+    "cmdstat_script|load",
+    "cmdstat_script",
+)
+#: What a benchmark itself sends to read and reset the counters: not the contenders'.
+MEASURING_COMMANDS = ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_config")
+
+
+@dataclass(frozen=True)
+class ScriptStats:
+    """Calls and the server time they took, summed over some commands."""
+
+    calls: int
+    usec: int
+
+    def __add__(self, other: ScriptStats) -> ScriptStats:
+        return ScriptStats(self.calls + other.calls, self.usec + other.usec)
+
+    def __sub__(self, other: ScriptStats) -> ScriptStats:
+        return ScriptStats(self.calls - other.calls, self.usec - other.usec)
+
+
+def script_stats(client: redis.Redis, commands: tuple[str, ...] = SCRIPT_COMMANDS) -> ScriptStats:
+    """Calls and server time of ``commands`` (default: the script ones) since the last reset."""
+    return sum_stats(client.info("commandstats"), commands)
+
+
+def sum_stats(stats: Mapping[str, Any], commands: tuple[str, ...]) -> ScriptStats:
+    """Calls and server time of ``commands`` in an ``INFO commandstats`` reply."""
+    calls = usec = 0
+    for name in commands:
+        entry = stats.get(name)
+        if isinstance(entry, dict):
+            calls += int(entry.get("calls", 0))
+            usec += int(entry.get("usec", 0))
+    return ScriptStats(calls, usec)
+
+
+@dataclass(frozen=True)
+class ServerCounts:
+    """One reading of ``INFO commandstats``: the script calls, and every command.
+
+    ``commands`` counts each command a script ran under its own name as well as
+    the script call itself (that is how the server counts them), and leaves out
+    the benchmark's own INFO and CONFIG RESETSTAT. Its ``usec`` would count a
+    script's inner commands twice (the script's own time includes them), so the
+    server time per call is read from ``scripts``.
+    """
+
+    scripts: ScriptStats
+    commands: ScriptStats
+
+    def __sub__(self, other: ServerCounts) -> ServerCounts:
+        return ServerCounts(self.scripts - other.scripts, self.commands - other.commands)
+
+
+def server_counts(client: redis.Redis) -> ServerCounts:
+    stats: dict[str, Any] = client.info("commandstats")
+    counted = tuple(name for name in stats if name not in MEASURING_COMMANDS)
+    return ServerCounts(sum_stats(stats, SCRIPT_COMMANDS), sum_stats(stats, counted))
+
+
+def reset_stats(client: redis.Redis) -> bool:
+    """CONFIG RESETSTAT; False where the server refuses it (the before/after diff still holds)."""
+    try:
+        client.config_resetstat()
+    except redis.exceptions.ResponseError:
+        return False
+    return True
+
+
+def server_time_us(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * MICRO + int(micros)
 
 
 @dataclass(frozen=True)
@@ -101,10 +224,11 @@ class Session:
         """What the figures were measured on: server, client, package, machine, ``mode``."""
         return {
             "server": f"{server_version(self.client)}, {self.origin}",
-            "client": f"redis-py {redis.__version__}, "
+            "client": f"redis-py {redis.__version__} (hiredis {package_version('hiredis')}), "
             f"{platform.python_implementation()} {platform.python_version()}",
             "package": f"llm-quota-guard {package_version()}",
             "machine": f"{platform.platform()}, os.cpu_count()={os.cpu_count()}",
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "mode": mode,
         }
 
@@ -123,6 +247,27 @@ def session(args: argparse.Namespace) -> Iterator[Session]:
 
 
 # -- report -------------------------------------------------------------------------
+
+
+def percentile_us(sorted_ns: list[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanosecond samples, in microseconds."""
+    index = min(len(sorted_ns) - 1, max(0, math.ceil(q * len(sorted_ns)) - 1))
+    return sorted_ns[index] / 1000
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Right-aligned columns, a rule under the headers, two spaces of indent."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("  " + "  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, spec: str = ".0f") -> str:
+    """``value`` formatted by ``spec``; ``-`` for a figure that does not exist."""
+    return "-" if value is None else format(value, spec)
 
 
 def print_conditions(title: str, conditions: Mapping[str, Any]) -> None:
