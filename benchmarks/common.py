@@ -18,7 +18,7 @@ import os
 import platform
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +74,18 @@ def bench_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a few seconds, CI)")
     parser.add_argument("--json", type=Path, help="also save the results to this file")
     return parser
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse ``type`` that reads a ``kind`` and refuses zero and negatives."""
+
+    def read(text: str) -> float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+
+    return read
 
 
 def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
@@ -187,6 +199,9 @@ class ServerCounts:
     scripts: ScriptStats
     commands: ScriptStats
 
+    def __add__(self, other: ServerCounts) -> ServerCounts:
+        return ServerCounts(self.scripts + other.scripts, self.commands + other.commands)
+
     def __sub__(self, other: ServerCounts) -> ServerCounts:
         return ServerCounts(self.scripts - other.scripts, self.commands - other.commands)
 
@@ -209,6 +224,40 @@ def reset_stats(client: redis.Redis) -> bool:
 def server_time_us(client: redis.Redis) -> int:
     seconds, micros = client.time()
     return int(seconds) * MICRO + int(micros)
+
+
+def wait_server_time(client: redis.Redis, until_us: int, bound_s: float) -> int:
+    """Poll the server's clock until it reads ``until_us``, for ``bound_s`` at most; its reading."""
+    deadline = time.monotonic() + bound_s
+    while (now := server_time_us(client)) < until_us and time.monotonic() < deadline:
+        time.sleep(min(0.05, (until_us - now) / MICRO))
+    return now
+
+
+def used_memory(client: redis.Redis, bound_s: float = 5.0) -> int:
+    """``used_memory``, once memory freed in the background is freed.
+
+    (A server that frees deleted keys in another thread, Valkey 8 by default,
+    is polled until its ``lazyfree_pending_objects`` is 0, for ``bound_s`` at
+    most.) It moves by tens of KB as the server resizes its clients' buffers
+    on its own schedule: divide by many admissions, or see :func:`key_bytes`.
+    """
+    deadline = time.monotonic() + bound_s
+    while True:
+        info: dict[str, Any] = client.info("memory")
+        if not info.get("lazyfree_pending_objects") or time.monotonic() > deadline:
+            return int(info["used_memory"])
+        time.sleep(0.01)
+
+
+def key_bytes(client: redis.Redis, pattern: str) -> tuple[int, int]:
+    """The keys matching ``pattern`` and their bytes (``MEMORY USAGE``, every element).
+
+    SCAN also makes the server drop the expired keys it passes.
+    """
+    keys = list(client.scan_iter(match=pattern, count=1000))
+    sizes = [client.memory_usage(key, samples=0) or 0 for key in keys]
+    return len(keys), sum(sizes)
 
 
 @dataclass(frozen=True)

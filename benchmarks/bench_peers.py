@@ -1,0 +1,596 @@
+#!/usr/bin/env python3
+"""Our limiter side by side with its peers (limits, pyrate-limiter, throttled-py) and a floor.
+
+    python benchmarks/bench_peers.py [--redis-url URL] [--engine redis|valkey] [--quick]
+                                     [--repeat N] [--seconds S] [--json PATH]
+
+Without ``--redis-url`` it starts its own private server (``EmbeddedServer``);
+against a given URL it writes only keys named after its run id (deleted at the
+end), but it does reset the server's statistics (``CONFIG RESETSTAT``) before
+each measured block. Section [3] always starts a second private server, pinned
+to CPU 0. The contenders are described in ``benchmarks/peers.py``; only our
+public API is used, so the figures follow the library as its internals change.
+
+Every ratio is calls/s of a contender divided by the floor's (a one-EVALSHA
+token bucket), both measured in the same repetition under the same conditions;
+the repetitions run every block once, in an order rotated from one to the next,
+so drift of a shared machine falls on every contender alike. Reported: the
+median ratio and its range over repetitions, median calls/s, and p50/p99 of the
+client round trip over every call of every repetition.
+
+[1] ``try_acquire``, 1 process: 1 dimension for everyone, 3 for ours too.
+[2] The same from 4 processes on one key (total calls/s).
+[3] Pinned: client and a private server both on CPU 0, so a call's cost is
+    the CPU of client and server together.
+[4] ``try_acquire`` + ``settle`` (ours) at 1 and 4 processes, against the floor.
+[5] Budgeted ``try_acquire`` + ``settle`` (writes a ledger entry) against the
+    rate-only cycle of [4]: the ratio of their costs.
+[6] 16 processes x blocking ``acquire`` on 200/s, burst 10 (bench_core's scenario).
+[7] Per contender, from the server: script calls, commands (those run inside
+    scripts too) and server µs per admission; memory retained per admission
+    after N never-settled admissions and once the buckets would have refilled.
+[8] asyncio: 1,000 concurrent ``try_acquire`` (``asyncio.gather``) against the
+    same 1,000 awaited one by one, on a limiter built from a URL.
+
+``--quick`` shrinks everything to a short run (CI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import bench_core
+import peers
+import redis
+from common import (
+    MICRO,
+    UNLIMITED,
+    ScriptStats,
+    ServerCounts,
+    bench_parser,
+    delete_run_keys,
+    finish,
+    fmt,
+    key_bytes,
+    package_version,
+    parse_bench_args,
+    percentile_us,
+    positive,
+    print_conditions,
+    reset_stats,
+    server_counts,
+    server_time_us,
+    server_version,
+    session,
+    table,
+    used_memory,
+    wait_server_time,
+)
+from peers import COLUMN, COLUMNS, Kind
+from workers import mp_context, run_workers
+
+import ratelimit.asyncio
+from ratelimit.server import EmbeddedServer, Engine, ServerNotFound
+
+PROCESSES = 4
+ONE_DIM_KINDS: tuple[Kind, ...] = ("ours", "limits", "pyrate", "throttled", "floor")
+NONE = ScriptStats(0, 0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations of one run."""
+
+    quick: bool
+    repeat: int
+    seconds: float
+    warmup_calls: int
+    memory_calls: int
+    refill_s: float
+    async_calls: int
+
+    @classmethod
+    def build(cls, quick: bool, repeat: int | None, seconds: float | None) -> Plan:
+        return cls(
+            quick=quick,
+            repeat=repeat or (3 if quick else 5),
+            seconds=seconds or (0.15 if quick else 1.0),
+            warmup_calls=20 if quick else 200,
+            memory_calls=300 if quick else 5000,
+            refill_s=1.0,  # every contender's window (limits' and pyrate's are whole seconds)
+            async_calls=1000,
+        )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A row of the table: some contenders, measured alike, against the floor of ``group``."""
+
+    key: str
+    label: str
+    group: str  # "1p", "4p" or "pinned": the floor figure its ratios divide by
+    processes: int
+    kinds: tuple[Kind, ...]
+
+
+SCENARIOS = (
+    Scenario("1p-1d", "[1] try_acquire, 1 process, 1 dim", "1p", 1, ONE_DIM_KINDS),
+    Scenario("1p-3d", "[1] try_acquire, 1 process, 3 dims", "1p", 1, ("ours_3dim",)),
+    Scenario("4p-1d", "[2] try_acquire, 4 processes, 1 dim", "4p", PROCESSES, ONE_DIM_KINDS),
+    Scenario("4p-3d", "[2] try_acquire, 4 processes, 3 dims", "4p", PROCESSES, ("ours_3dim",)),
+    Scenario("pin-1d", "[3] pinned to CPU 0, 1 dim", "pinned", 1, ONE_DIM_KINDS),
+    Scenario("pin-3d", "[3] pinned to CPU 0, 3 dims", "pinned", 1, ("ours_3dim",)),
+    Scenario("1p-cycle", "[4] try_acquire+settle, 1 process", "1p", 1, ("ours_cycle",)),
+    Scenario("4p-cycle", "[4] try_acquire+settle, 4 processes", "4p", PROCESSES, ("ours_cycle",)),
+    Scenario("1p-budget", "[5] budgeted try+settle, 1 process", "1p", 1, ("ours_budget_cycle",)),
+)
+FLOOR_OF = {"1p": "1p-1d", "4p": "4p-1d", "pinned": "pin-1d"}
+
+
+# -- [1]-[5]: blocks of admissions ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """A ``workers.Task``: one contender's admissions on one quota until the deadline."""
+
+    kind: Kind
+    url: str
+    name: str
+    duration_s: float
+    warmup_calls: int
+    pin_cpu: int | None = None
+
+    def prepare(self) -> Callable[[float], Calls]:
+        if self.pin_cpu is not None:
+            os.sched_setaffinity(0, {self.pin_cpu})
+        admit = peers.connect(self.kind, self.url).admitter(self.name)
+        for _ in range(self.warmup_calls):  # connected, scripts loaded, the key exists
+            admit()
+        return functools.partial(_admit_until, admit)
+
+
+@dataclass
+class Calls:
+    """What one worker did: its admissions and each call's round trip."""
+
+    admitted: int = 0
+    samples_ns: list[int] = field(default_factory=list)
+
+
+def _admit_until(admit: peers.Admit, deadline: float) -> Calls:
+    out = Calls()
+    clock = time.perf_counter_ns
+    while time.monotonic() < deadline:
+        start = clock()
+        admitted = admit()
+        out.samples_ns.append(clock() - start)
+        out.admitted += admitted
+    return out
+
+
+@dataclass
+class Figures:
+    """One contender in one scenario, over every repetition."""
+
+    per_s: list[float] = field(default_factory=list)
+    ratio: list[float] = field(default_factory=list)
+    samples_ns: list[int] = field(default_factory=list)
+    admitted: int = 0
+    server: ServerCounts = field(default_factory=lambda: ServerCounts(NONE, NONE))
+
+    def add(self, calls: list[Calls], elapsed_s: float, server: ServerCounts) -> None:
+        samples = [s for c in calls for s in c.samples_ns]
+        self.per_s.append(len(samples) / elapsed_s)
+        self.samples_ns += samples
+        self.admitted += sum(c.admitted for c in calls)
+        self.server = self.server + server
+
+    def row(self, column: str) -> dict[str, Any]:
+        ordered = sorted(self.samples_ns)
+        server, admitted = self.server, max(1, self.admitted)
+        return {
+            "column": column,
+            "calls_per_s": self.per_s,
+            "calls_per_s_median": statistics.median(self.per_s),
+            "ratio": self.ratio,
+            "ratio_median": statistics.median(self.ratio),
+            "ratio_min": min(self.ratio),
+            "ratio_max": max(self.ratio),
+            "p50_us": percentile_us(ordered, 0.50),
+            "p99_us": percentile_us(ordered, 0.99),
+            "calls": len(ordered),
+            "admitted": self.admitted,
+            "refused": len(ordered) - self.admitted,
+            "script_calls_per_admission": server.scripts.calls / admitted,
+            "commands_per_admission": server.commands.calls / admitted,
+            "server_us_per_admission": server.scripts.usec / admitted,
+        }
+
+
+class Run:
+    """The run's servers and every block's figures."""
+
+    def __init__(self, client: redis.Redis, url: str, run_id: str, plan: Plan) -> None:
+        self.servers = {"main": (client, url)}
+        self.run_id = run_id
+        self.plan = plan
+        self.figures = {s.key: {kind: Figures() for kind in s.kinds} for s in SCENARIOS}
+
+    def scenarios(self) -> list[Scenario]:
+        """Every scenario, but the pinned ones when there is no pinned server."""
+        return [s for s in SCENARIOS if s.group != "pinned" or "pinned" in self.servers]
+
+    def measure(self, scenario: Scenario, kind: Kind, rep: int) -> None:
+        server = "pinned" if scenario.group == "pinned" else "main"
+        client, url = self.servers[server]
+        name = f"{self.run_id}-{scenario.key}-{kind}-{rep}"  # a fresh key for every block
+        pin = 0 if server == "pinned" else None
+        block = Block(kind, url, name, self.plan.seconds, self.plan.warmup_calls, pin)
+        marks: dict[str, ServerCounts] = {}
+
+        def before_go() -> None:
+            reset_stats(client)
+            marks["before"] = server_counts(client)
+
+        done = run_workers(block, scenario.processes, before_go)
+        counts = server_counts(client) - marks["before"]
+        elapsed = max(d.elapsed_s for d in done)
+        self.figures[scenario.key][kind].add([d.value for d in done], elapsed, counts)
+
+    def repetition(self, rep: int) -> dict[str, float]:
+        """Every block once, starting further along the list each time; the floors' calls/s."""
+        blocks = [(s, kind) for s in self.scenarios() for kind in s.kinds if peers.installed(kind)]
+        turn = rep * len(blocks) // self.plan.repeat
+        for scenario, kind in blocks[turn:] + blocks[:turn]:
+            self.measure(scenario, kind, rep)
+        floors = {
+            s.group: self.figures[FLOOR_OF[s.group]]["floor"].per_s[rep] for s in self.scenarios()
+        }
+        for scenario in self.scenarios():
+            for figures in self.figures[scenario.key].values():
+                if len(figures.per_s) > rep:
+                    figures.ratio.append(figures.per_s[rep] / floors[scenario.group])
+        return floors
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "scenario": s.key,
+                "label": s.label,
+                "processes": s.processes,
+                "contenders": {
+                    kind: figures.row(COLUMN[kind])
+                    for kind, figures in self.figures[s.key].items()
+                    if figures.per_s
+                },
+            }
+            for s in self.scenarios()
+        ]
+
+    def cost_ratio(self) -> dict[str, Any]:
+        """[5]: the budgeted cycle's cost over the rate-only cycle's, in each repetition."""
+        rate_only = self.figures["1p-cycle"]["ours_cycle"].per_s
+        budgeted = self.figures["1p-budget"]["ours_budget_cycle"].per_s
+        ratios = [r / b for r, b in zip(rate_only, budgeted, strict=True)]
+        return {"ratio": ratios, "median": statistics.median(ratios)}
+
+
+@contextlib.contextmanager
+def pinned_server(engine: Engine | None) -> Iterator[tuple[redis.Redis, str, str] | None]:
+    """A private server started with CPU affinity {0}, as ``taskset -c 0`` starts it; or None.
+
+    The affinity is set on this process just while it starts the server, which
+    inherits it for every one of its threads.
+    """
+    if not hasattr(os, "sched_setaffinity") or 0 not in os.sched_getaffinity(0):
+        yield None
+        return
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    try:
+        server = EmbeddedServer(engine).start()
+    except ServerNotFound:
+        server = None
+    finally:
+        os.sched_setaffinity(0, mine)
+    if server is None:
+        yield None
+        return
+    client = redis.Redis.from_url(server.url)
+    try:
+        cpus = sorted(os.sched_getaffinity(int(client.info("server")["process_id"])))
+        yield client, server.url, f"{server.version()}, private, its CPUs {cpus}; client on [0]"
+    finally:
+        client.close()
+        server.stop()
+
+
+# -- [6] [7] [8] ----------------------------------------------------------------------
+
+
+def contention(client: redis.Redis, url: str, run_id: str, quick: bool) -> dict[str, Any]:
+    """[6]: bench_core's blocking scenario, 16 processes on 200/s burst 10, with its figures."""
+    plan = bench_core.Plan.build(quick, PROCESSES, 16)
+    return bench_core.measure_contention(client, url, run_id, plan, "booked")
+
+
+def measure_memory(client: redis.Redis, url: str, run_id: str, plan: Plan) -> list[dict[str, Any]]:
+    """[7]: bytes and keys retained per never-settled admission, after N and after the refill.
+
+    One contender at a time, alone among the run's keys (the earlier phases'
+    keys and its own warm-up keys are deleted first, so none expires meanwhile):
+    ``used_memory``, ``DBSIZE`` and the ``MEMORY USAGE`` of its own keys before
+    and after its N admissions, then again once the server's clock has passed
+    the last one by a whole window (every bucket refilled); then its keys go.
+    """
+    rows: list[dict[str, Any]] = []
+    delete_run_keys(client, run_id)
+    for kind in (k for k in ONE_DIM_KINDS if peers.installed(k)):
+        connection = peers.connect(kind, url)
+        warm = connection.admitter(f"{run_id}-memwarm-{kind}")
+        for _ in range(plan.warmup_calls):
+            warm()
+        delete_run_keys(client, f"{run_id}-memwarm")
+        admit = connection.admitter(f"{run_id}-mem-{kind}")
+        mine = f"*{run_id}-mem-{kind}*"
+        memory, keys = used_memory(client), client.dbsize()
+        admitted = sum(admit() for _ in range(plan.memory_calls))
+        last_us = server_time_us(client)
+        row: dict[str, Any] = {"kind": kind, "admitted": admitted}
+        for stage in ("", "_after_refill"):
+            if stage:
+                until_us = last_us + int(plan.refill_s * MICRO)
+                row["waited_s"] = (wait_server_time(client, until_us, 5) - last_us) / MICRO
+            own_keys, own_bytes = key_bytes(client, mine)
+            row[f"used_memory_per_admission{stage}"] = (
+                used_memory(client) - memory
+            ) / plan.memory_calls
+            row[f"key_bytes_per_admission{stage}"] = own_bytes / plan.memory_calls
+            row[f"dbsize_growth{stage}"] = client.dbsize() - keys
+            row[f"keys{stage}"] = own_keys
+        rows.append(row)
+        connection.close()
+        delete_run_keys(client, f"{run_id}-mem")
+    return rows
+
+
+async def _async_round(
+    client: redis.Redis, url: str, name: str, calls: int
+) -> tuple[dict[str, float], Counter[str], int]:
+    """Seconds each way, what went wrong (by kind), server connections after the gathers."""
+    limiter = ratelimit.asyncio.Limiter(url, name, requests=UNLIMITED)
+    problems: Counter[str] = Counter()
+    seconds: dict[str, float] = {}
+    try:
+        await limiter.try_acquire()  # scripts loaded, one connection open
+        for label in ("gather, new pool", "gather, warm pool"):
+            start = time.perf_counter()
+            replies = await asyncio.gather(
+                *(limiter.try_acquire() for _ in range(calls)), return_exceptions=True
+            )
+            seconds[label] = time.perf_counter() - start
+            problems.update(f"{label}: {_problem(r)}" for r in replies if _problem(r))
+        connections = int(client.info("clients")["connected_clients"])
+        start = time.perf_counter()
+        for _ in range(calls):
+            try:
+                reply: object = await limiter.try_acquire()
+            except Exception as exc:
+                reply = exc
+            if _problem(reply):
+                problems[f"sequential: {_problem(reply)}"] += 1
+        seconds["sequential"] = time.perf_counter() - start
+    finally:
+        await limiter.client.aclose()
+    return seconds, problems, connections
+
+
+def _problem(reply: object) -> str:
+    """What is wrong with a ``try_acquire`` outcome: '' for a permit."""
+    if reply is None:
+        return "refused"
+    if isinstance(reply, BaseException):
+        return f"{type(reply).__name__}: {reply}"[:100]
+    return ""
+
+
+def measure_asyncio(client: redis.Redis, url: str, run_id: str, plan: Plan) -> dict[str, Any]:
+    """[8]: N ``try_acquire`` by ``asyncio.gather`` against N awaited in turn, per repetition."""
+    ratios: dict[str, list[float]] = {"gather, new pool": [], "gather, warm pool": []}
+    problems: Counter[str] = Counter()
+    connections: list[int] = []
+    for rep in range(plan.repeat):
+        name = f"{run_id}-async-{rep}"
+        seconds, seen, open_ = asyncio.run(_async_round(client, url, name, plan.async_calls))
+        for label, values in ratios.items():
+            values.append(seconds["sequential"] / seconds[label])
+        problems.update(seen)
+        connections.append(open_)
+    return {
+        "calls": plan.async_calls,
+        "ratio": ratios,
+        "problems": dict(problems),
+        "connected_clients_after_gather": connections,
+    }
+
+
+# -- report -------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
+def by_column(rows: list[dict[str, Any]], cell: Callable[[dict[str, Any]], str]) -> list[list[str]]:
+    """A line a scenario, a cell a column (``-`` where that column has no contender)."""
+    lines = []
+    for row in rows:
+        cells = {c["column"]: cell(c) for c in row["contenders"].values()}
+        lines.append([row["label"], *(cells.get(column, "-") for column in COLUMNS)])
+    return lines
+
+
+def print_final(rows: list[dict[str, Any]], plan: Plan) -> None:
+    print(f"Final table: {plan.repeat} repetitions x {plan.seconds:g} s a block")
+    print("  ratio to the floor's calls/s in the same repetition: median [min-max]")
+    print(table(["scenario", *COLUMNS], by_column(rows, lambda c: spread(c["ratio"]))))
+    print("  calls/s (median of repetitions) and p50/p99 µs (client round trip, every call)")
+
+    def absolute(c: dict[str, Any]) -> str:
+        return f"{c['calls_per_s_median']:.0f}/s {c['p50_us']:.0f}/{c['p99_us']:.0f}"
+
+    print(table(["scenario", *COLUMNS], by_column(rows, absolute)))
+    contenders = [(row["scenario"], k, c) for row in rows for k, c in row["contenders"].items()]
+    refused = [f"{s} {k}: {c['refused']}" for s, k, c in contenders if c["refused"]]
+    calls = sum(c["calls"] for _, _, c in contenders)
+    if refused:
+        print(f"  CHECK FAILED, refused (these figures include refusals): {', '.join(refused)}")
+    else:
+        print(f"  check: all {calls} calls of every contender were admitted")
+    print()
+
+
+def print_details(report: dict[str, Any]) -> None:
+    print(
+        "[5] budgeted try_acquire + settle (with its ledger entry) costs x"
+        f"{spread(report['budget_cost_ratio']['ratio'])} the rate-only cycle of [4]"
+    )
+    print()
+    booked = {**report["contention"], "label": "booked acquire"}
+    print(
+        f"[6] Blocking contention: {booked['processes']} processes x acquire() on"
+        f" requests=Rate(200/s, burst 10) for {booked['seconds']:g} s (bench_core's [3])"
+    )
+    print(bench_core.contention_table([booked]))
+    print(
+        "    calls/admission = round trips (script calls); commands = all the server ran;"
+        " Jain over processes (1 = even);\n    over-admitted: worst excess over"
+        " burst + rate x span of any prefix of admissions, by server TIME"
+    )
+    print()
+    plan = report["plan"]
+    print("[7] Per admission, 1 process: server counters (INFO commandstats) and memory")
+    print(
+        f"    memory: {plan['memory_calls']} never-settled try_acquire; bytes from used_memory"
+        " (moves by tens of KB on its own) and MEMORY USAGE of the contender's keys,\n"
+        f"    after them and again {plan['refill_s']:g} s of server time after the last"
+        " (buckets refilled); DBSIZE growth"
+    )
+    memory = {row["kind"]: row for row in report["memory"]}
+    lines = []
+    for row in report["scenarios"]:
+        if row["scenario"] not in ("1p-1d", "1p-3d", "1p-cycle", "1p-budget"):
+            continue
+        for kind, c in row["contenders"].items():
+            m = memory.get(kind, {})
+            lines.append(
+                [
+                    kind,
+                    fmt(c["script_calls_per_admission"], ".2f"),
+                    fmt(c["commands_per_admission"], ".1f"),
+                    fmt(c["server_us_per_admission"], ".1f"),
+                    *(
+                        fmt(m.get(f"{figure}{stage}"), spec)
+                        for stage in ("", "_after_refill")
+                        for figure, spec in (
+                            ("used_memory_per_admission", ".0f"),
+                            ("key_bytes_per_admission", ".0f"),
+                            ("dbsize_growth", "d"),
+                        )
+                    ),
+                ]
+            )
+    memory_headers = ["used_memory B", "key B", "DBSIZE +"]
+    headers = ["contender", "script calls", "commands", "server µs", *memory_headers]
+    print(table([*headers, *(f"{h}, refilled" for h in memory_headers)], lines))
+    print(
+        "    commands count those a script ran as well as the script call; server µs is the"
+        " script calls' own time (it includes their commands)"
+    )
+    print()
+    aio = report["asyncio"]
+    print(
+        f"[8] asyncio: {aio['calls']} try_acquire by asyncio.gather vs awaited one by one,"
+        " limiter built from a URL (ratio of calls/s, median [min-max])"
+    )
+    for label, values in aio["ratio"].items():
+        print(f"    {label}: x{spread(values)}")
+    print(f"    server connections after the gathers: {aio['connected_clients_after_gather']}")
+    problems = "; ".join(f"{k} (x{v})" for k, v in aio["problems"].items()) or "none"
+    print(f"    errors and refusals, every round: {problems}")
+    print()
+
+
+# -- main ---------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = bench_parser(__doc__)
+    parser.add_argument(
+        "--repeat", type=positive(int), help="repetitions of each block (5; quick 3)"
+    )
+    parser.add_argument(
+        "--seconds", type=positive(float), help="seconds a block lasts (1; quick 0.15)"
+    )
+    return parse_bench_args(parser, argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = Plan.build(args.quick, args.repeat, args.seconds)
+    began = time.monotonic()
+    with session(args) as primary:
+        client, url, run_id = primary.client, primary.url, primary.run_id
+        engine: Engine | None = args.engine
+        if engine is None and server_version(client).startswith("valkey"):
+            engine = "valkey"
+        with pinned_server(engine) as pinned:
+            run = Run(client, url, run_id, plan)
+            conditions = primary.conditions(
+                f"{'quick' if plan.quick else 'full'}: {plan.repeat} repetitions x"
+                f" {plan.seconds:g} s a block, {PROCESSES} processes in [2] and [4]"
+            )
+            conditions["pinned"] = pinned[2] if pinned else "skipped: no CPU affinity or binary"
+            conditions["peers"] = "; ".join(
+                f"{d} {package_version(d)} ({peers.STRATEGIES[column]})"
+                for column, d in peers.DISTRIBUTIONS.items()
+            )
+            conditions["floor"] = "one EVALSHA: TIME, GET, SET PX on one key (benchmarks/peers.py)"
+            conditions["start method"] = mp_context().get_start_method()
+            print_conditions("llm-quota-guard vs peers benchmark", conditions)
+            if pinned:
+                run.servers["pinned"] = (pinned[0], pinned[1])
+            for rep in range(plan.repeat):
+                floors = run.repetition(rep)
+                done = ", ".join(f"{g} {v:.0f}" for g, v in floors.items())
+                print(f"repetition {rep + 1}/{plan.repeat} done; floor calls/s: {done}")
+            print()
+            report: dict[str, Any] = {
+                "conditions": conditions,
+                "plan": asdict(plan),
+                "scenarios": run.rows(),
+                "budget_cost_ratio": run.cost_ratio(),
+                "contention": contention(client, url, run_id, plan.quick),
+                "memory": measure_memory(client, url, run_id, plan),
+                "asyncio": measure_asyncio(client, url, run_id, plan),
+            }
+        print_details(report)
+        print_final(report["scenarios"], plan)
+        finish(began, report, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
