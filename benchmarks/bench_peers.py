@@ -12,11 +12,15 @@ to CPU 0. The contenders are described in ``benchmarks/peers.py``; only our
 public API is used, so the figures follow the library as its internals change.
 
 Every ratio is calls/s of a contender divided by the floor's (a one-EVALSHA
-token bucket), both measured in the same repetition under the same conditions;
-the repetitions run every block once, in an order rotated from one to the next,
-so drift of a shared machine falls on every contender alike. Reported: the
-median ratio and its range over repetitions, median calls/s, and p50/p99 of the
-client round trip over every call of every repetition.
+token bucket), both measured in the same repetition under the same conditions.
+In a repetition, the contenders of a group ([1], [4] and [5] in 1 process; [2]
+and [4] in 4; [3] pinned) share one run of worker processes and take turns of a
+tenth of a second (``--seconds`` / 10) on one clock, so the drift of a shared,
+noisy machine falls on every contender alike; the order of the turns rotates
+from one repetition to the next. Reported: the median ratio and its range over
+the repetitions, median calls/s, and p50/p99 of the client round trip over
+every call. Server counters ([7]) come from a separate pass, one contender at
+a time.
 
 [1] ``try_acquire``, 1 process: 1 dimension for everyone, 3 for ours too.
 [2] The same from 4 processes on one key (total calls/s).
@@ -41,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import statistics
 import sys
@@ -54,30 +59,21 @@ import bench_core
 import peers
 import redis
 from common import (
-    MICRO,
     UNLIMITED,
-    ScriptStats,
-    ServerCounts,
     bench_parser,
-    delete_run_keys,
     finish,
     fmt,
-    key_bytes,
     package_version,
     parse_bench_args,
     percentile_us,
     positive,
     print_conditions,
-    reset_stats,
-    server_counts,
-    server_time_us,
     server_version,
     session,
     table,
-    used_memory,
-    wait_server_time,
 )
-from peers import COLUMN, COLUMNS, Kind
+from footprint import count_server_work, measure_memory
+from peers import COLUMN, COLUMNS, Kind, installed
 from workers import mp_context, run_workers
 
 import ratelimit.asyncio
@@ -85,7 +81,6 @@ from ratelimit.server import EmbeddedServer, Engine, ServerNotFound
 
 PROCESSES = 4
 ONE_DIM_KINDS: tuple[Kind, ...] = ("ours", "limits", "pyrate", "throttled", "floor")
-NONE = ScriptStats(0, 0)
 
 
 @dataclass(frozen=True)
@@ -95,18 +90,23 @@ class Plan:
     quick: bool
     repeat: int
     seconds: float
+    slice_s: float
     warmup_calls: int
+    counted_calls: int
     memory_calls: int
     refill_s: float
     async_calls: int
 
     @classmethod
     def build(cls, quick: bool, repeat: int | None, seconds: float | None) -> Plan:
+        seconds = seconds or (0.15 if quick else 1.0)
         return cls(
             quick=quick,
             repeat=repeat or (3 if quick else 5),
-            seconds=seconds or (0.15 if quick else 1.0),
+            seconds=seconds,
+            slice_s=min(0.1, max(0.01, seconds / 10)),
             warmup_calls=20 if quick else 200,
+            counted_calls=100 if quick else 2000,
             memory_calls=300 if quick else 5000,
             refill_s=1.0,  # every contender's window (limits' and pyrate's are whole seconds)
             async_calls=1000,
@@ -115,69 +115,89 @@ class Plan:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A row of the table: some contenders, measured alike, against the floor of ``group``."""
+    """A row of the table: contenders measured together, against the floor of their group."""
 
     key: str
     label: str
-    group: str  # "1p", "4p" or "pinned": the floor figure its ratios divide by
-    processes: int
+    group: str  # "1p", "4p" or "pinned": one block a repetition, the floor among them
     kinds: tuple[Kind, ...]
 
 
 SCENARIOS = (
-    Scenario("1p-1d", "[1] try_acquire, 1 process, 1 dim", "1p", 1, ONE_DIM_KINDS),
-    Scenario("1p-3d", "[1] try_acquire, 1 process, 3 dims", "1p", 1, ("ours_3dim",)),
-    Scenario("4p-1d", "[2] try_acquire, 4 processes, 1 dim", "4p", PROCESSES, ONE_DIM_KINDS),
-    Scenario("4p-3d", "[2] try_acquire, 4 processes, 3 dims", "4p", PROCESSES, ("ours_3dim",)),
-    Scenario("pin-1d", "[3] pinned to CPU 0, 1 dim", "pinned", 1, ONE_DIM_KINDS),
-    Scenario("pin-3d", "[3] pinned to CPU 0, 3 dims", "pinned", 1, ("ours_3dim",)),
-    Scenario("1p-cycle", "[4] try_acquire+settle, 1 process", "1p", 1, ("ours_cycle",)),
-    Scenario("4p-cycle", "[4] try_acquire+settle, 4 processes", "4p", PROCESSES, ("ours_cycle",)),
-    Scenario("1p-budget", "[5] budgeted try+settle, 1 process", "1p", 1, ("ours_budget_cycle",)),
+    Scenario("1p-1d", "[1] try_acquire, 1 process, 1 dim", "1p", ONE_DIM_KINDS),
+    Scenario("1p-3d", "[1] try_acquire, 1 process, 3 dims", "1p", ("ours_3dim",)),
+    Scenario("4p-1d", "[2] try_acquire, 4 processes, 1 dim", "4p", ONE_DIM_KINDS),
+    Scenario("4p-3d", "[2] try_acquire, 4 processes, 3 dims", "4p", ("ours_3dim",)),
+    Scenario("pin-1d", "[3] pinned to CPU 0, 1 dim", "pinned", ONE_DIM_KINDS),
+    Scenario("pin-3d", "[3] pinned to CPU 0, 3 dims", "pinned", ("ours_3dim",)),
+    Scenario("1p-cycle", "[4] try_acquire+settle, 1 process", "1p", ("ours_cycle",)),
+    Scenario("4p-cycle", "[4] try_acquire+settle, 4 processes", "4p", ("ours_cycle",)),
+    Scenario("1p-budget", "[5] budgeted try+settle, 1 process", "1p", ("ours_budget_cycle",)),
 )
-FLOOR_OF = {"1p": "1p-1d", "4p": "4p-1d", "pinned": "pin-1d"}
+PROCESSES_OF = {"1p": 1, "4p": PROCESSES, "pinned": 1}
 
 
-# -- [1]-[5]: blocks of admissions ----------------------------------------------------
+# -- [1]-[5]: contenders taking turns ---------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Block:
-    """A ``workers.Task``: one contender's admissions on one quota until the deadline."""
+    """A ``workers.Task``: the contenders of a group take turns, in time slices.
 
-    kind: Kind
+    Every worker cuts the same run into the same slices (``time.monotonic`` is
+    one clock for every process), so all of them are on the same contender at
+    once, and a drift of the machine falls on every contender within a tenth
+    of a second.
+    """
+
+    kinds: tuple[Kind, ...]
+    names: tuple[str, ...]  # each contender's quota, shared by the workers
     url: str
-    name: str
     duration_s: float
+    slice_s: float
     warmup_calls: int
     pin_cpu: int | None = None
 
-    def prepare(self) -> Callable[[float], Calls]:
+    def prepare(self) -> Callable[[float], list[Calls]]:
         if self.pin_cpu is not None:
             os.sched_setaffinity(0, {self.pin_cpu})
-        admit = peers.connect(self.kind, self.url).admitter(self.name)
-        for _ in range(self.warmup_calls):  # connected, scripts loaded, the key exists
-            admit()
-        return functools.partial(_admit_until, admit)
+        admitters = [
+            peers.connect(kind, self.url).admitter(name)
+            for kind, name in zip(self.kinds, self.names, strict=True)
+        ]
+        for admit in admitters:
+            for _ in range(self.warmup_calls):  # connected, scripts loaded, the key exists
+                admit()
+        return functools.partial(_take_turns, admitters, self.duration_s, self.slice_s)
 
 
 @dataclass
 class Calls:
-    """What one worker did: its admissions and each call's round trip."""
+    """What one worker did for one contender: its admissions, each call's round trip."""
 
     admitted: int = 0
     samples_ns: list[int] = field(default_factory=list)
 
 
-def _admit_until(admit: peers.Admit, deadline: float) -> Calls:
-    out = Calls()
+def _take_turns(
+    admitters: list[peers.Admit], duration_s: float, slice_s: float, deadline: float
+) -> list[Calls]:
+    out = [Calls() for _ in admitters]
+    start = deadline - duration_s
     clock = time.perf_counter_ns
-    while time.monotonic() < deadline:
-        start = clock()
-        admitted = admit()
-        out.samples_ns.append(clock() - start)
-        out.admitted += admitted
+    while (now := time.monotonic()) < deadline:
+        turn = int((now - start) / slice_s) % len(admitters)
+        began = clock()
+        admitted = admitters[turn]()
+        out[turn].samples_ns.append(clock() - began)
+        out[turn].admitted += admitted
     return out
+
+
+def turn_seconds(turn: int, turns: int, duration_s: float, slice_s: float) -> float:
+    """How long contender ``turn`` of ``turns`` had in a run of ``duration_s``."""
+    slices = math.ceil(duration_s / slice_s)
+    return sum(min(slice_s, duration_s - i * slice_s) for i in range(turn, slices, turns))
 
 
 @dataclass
@@ -188,18 +208,15 @@ class Figures:
     ratio: list[float] = field(default_factory=list)
     samples_ns: list[int] = field(default_factory=list)
     admitted: int = 0
-    server: ServerCounts = field(default_factory=lambda: ServerCounts(NONE, NONE))
 
-    def add(self, calls: list[Calls], elapsed_s: float, server: ServerCounts) -> None:
+    def add(self, calls: list[Calls], seconds: float) -> None:
         samples = [s for c in calls for s in c.samples_ns]
-        self.per_s.append(len(samples) / elapsed_s)
+        self.per_s.append(len(samples) / seconds)
         self.samples_ns += samples
         self.admitted += sum(c.admitted for c in calls)
-        self.server = self.server + server
 
     def row(self, column: str) -> dict[str, Any]:
         ordered = sorted(self.samples_ns)
-        server, admitted = self.server, max(1, self.admitted)
         return {
             "column": column,
             "calls_per_s": self.per_s,
@@ -213,63 +230,54 @@ class Figures:
             "calls": len(ordered),
             "admitted": self.admitted,
             "refused": len(ordered) - self.admitted,
-            "script_calls_per_admission": server.scripts.calls / admitted,
-            "commands_per_admission": server.commands.calls / admitted,
-            "server_us_per_admission": server.scripts.usec / admitted,
         }
 
 
 class Run:
-    """The run's servers and every block's figures."""
+    """The run's servers and every contender's figures."""
 
-    def __init__(self, client: redis.Redis, url: str, run_id: str, plan: Plan) -> None:
-        self.servers = {"main": (client, url)}
+    def __init__(self, url: str, run_id: str, plan: Plan) -> None:
+        self.urls = {"main": url}
         self.run_id = run_id
         self.plan = plan
         self.figures = {s.key: {kind: Figures() for kind in s.kinds} for s in SCENARIOS}
 
     def scenarios(self) -> list[Scenario]:
         """Every scenario, but the pinned ones when there is no pinned server."""
-        return [s for s in SCENARIOS if s.group != "pinned" or "pinned" in self.servers]
+        return [s for s in SCENARIOS if s.group != "pinned" or "pinned" in self.urls]
 
-    def measure(self, scenario: Scenario, kind: Kind, rep: int) -> None:
-        server = "pinned" if scenario.group == "pinned" else "main"
-        client, url = self.servers[server]
-        name = f"{self.run_id}-{scenario.key}-{kind}-{rep}"  # a fresh key for every block
-        pin = 0 if server == "pinned" else None
-        block = Block(kind, url, name, self.plan.seconds, self.plan.warmup_calls, pin)
-        marks: dict[str, ServerCounts] = {}
-
-        def before_go() -> None:
-            reset_stats(client)
-            marks["before"] = server_counts(client)
-
-        done = run_workers(block, scenario.processes, before_go)
-        counts = server_counts(client) - marks["before"]
-        elapsed = max(d.elapsed_s for d in done)
-        self.figures[scenario.key][kind].add([d.value for d in done], elapsed, counts)
-
-    def repetition(self, rep: int) -> dict[str, float]:
-        """Every block once, starting further along the list each time; the floors' calls/s."""
-        blocks = [(s, kind) for s in self.scenarios() for kind in s.kinds if peers.installed(kind)]
-        turn = rep * len(blocks) // self.plan.repeat
-        for scenario, kind in blocks[turn:] + blocks[:turn]:
-            self.measure(scenario, kind, rep)
-        floors = {
-            s.group: self.figures[FLOOR_OF[s.group]]["floor"].per_s[rep] for s in self.scenarios()
-        }
-        for scenario in self.scenarios():
-            for figures in self.figures[scenario.key].values():
-                if len(figures.per_s) > rep:
-                    figures.ratio.append(figures.per_s[rep] / floors[scenario.group])
-        return floors
+    def measure(self, group: str, rep: int) -> float:
+        """One block of the group's contenders, their order turned by ``rep``: floor calls/s."""
+        rows = [s for s in self.scenarios() if s.group == group]
+        kinds = [(s, kind) for s in rows for kind in installed(s.kinds)]
+        kinds = kinds[rep % len(kinds) :] + kinds[: rep % len(kinds)]
+        names = tuple(f"{self.run_id}-{s.key}-{kind}" for s, kind in kinds)
+        duration = self.plan.seconds * len(kinds)
+        block = Block(
+            tuple(kind for _, kind in kinds),
+            names,
+            self.urls["pinned" if group == "pinned" else "main"],
+            duration,
+            self.plan.slice_s,
+            self.plan.warmup_calls,
+            0 if group == "pinned" else None,
+        )
+        done = run_workers(block, PROCESSES_OF[group])
+        for turn, (scenario, kind) in enumerate(kinds):
+            seconds = turn_seconds(turn, len(kinds), duration, self.plan.slice_s)
+            self.figures[scenario.key][kind].add([d.value[turn] for d in done], seconds)
+        floor = next(self.figures[s.key]["floor"] for s in rows if "floor" in s.kinds)
+        for scenario, kind in kinds:
+            figures = self.figures[scenario.key][kind]
+            figures.ratio.append(figures.per_s[-1] / floor.per_s[-1])
+        return floor.per_s[-1]
 
     def rows(self) -> list[dict[str, Any]]:
         return [
             {
                 "scenario": s.key,
                 "label": s.label,
-                "processes": s.processes,
+                "processes": PROCESSES_OF[s.group],
                 "contenders": {
                     kind: figures.row(COLUMN[kind])
                     for kind, figures in self.figures[s.key].items()
@@ -288,8 +296,9 @@ class Run:
 
 
 @contextlib.contextmanager
-def pinned_server(engine: Engine | None) -> Iterator[tuple[redis.Redis, str, str] | None]:
-    """A private server started with CPU affinity {0}, as ``taskset -c 0`` starts it; or None.
+def pinned_server(engine: Engine | None) -> Iterator[tuple[str, str] | None]:
+    """A private server started with CPU affinity {0}, as ``taskset -c 0`` starts it: its URL
+    and how it runs; None where there is no CPU affinity or no server binary.
 
     The affinity is set on this process just while it starts the server, which
     inherits it for every one of its threads.
@@ -308,12 +317,12 @@ def pinned_server(engine: Engine | None) -> Iterator[tuple[redis.Redis, str, str
     if server is None:
         yield None
         return
-    client = redis.Redis.from_url(server.url)
     try:
+        client = redis.Redis.from_url(server.url)
         cpus = sorted(os.sched_getaffinity(int(client.info("server")["process_id"])))
-        yield client, server.url, f"{server.version()}, private, its CPUs {cpus}; client on [0]"
-    finally:
         client.close()
+        yield server.url, f"{server.version()}, private, its CPUs {cpus}; client on [0]"
+    finally:
         server.stop()
 
 
@@ -324,46 +333,6 @@ def contention(client: redis.Redis, url: str, run_id: str, quick: bool) -> dict[
     """[6]: bench_core's blocking scenario, 16 processes on 200/s burst 10, with its figures."""
     plan = bench_core.Plan.build(quick, PROCESSES, 16)
     return bench_core.measure_contention(client, url, run_id, plan, "booked")
-
-
-def measure_memory(client: redis.Redis, url: str, run_id: str, plan: Plan) -> list[dict[str, Any]]:
-    """[7]: bytes and keys retained per never-settled admission, after N and after the refill.
-
-    One contender at a time, alone among the run's keys (the earlier phases'
-    keys and its own warm-up keys are deleted first, so none expires meanwhile):
-    ``used_memory``, ``DBSIZE`` and the ``MEMORY USAGE`` of its own keys before
-    and after its N admissions, then again once the server's clock has passed
-    the last one by a whole window (every bucket refilled); then its keys go.
-    """
-    rows: list[dict[str, Any]] = []
-    delete_run_keys(client, run_id)
-    for kind in (k for k in ONE_DIM_KINDS if peers.installed(k)):
-        connection = peers.connect(kind, url)
-        warm = connection.admitter(f"{run_id}-memwarm-{kind}")
-        for _ in range(plan.warmup_calls):
-            warm()
-        delete_run_keys(client, f"{run_id}-memwarm")
-        admit = connection.admitter(f"{run_id}-mem-{kind}")
-        mine = f"*{run_id}-mem-{kind}*"
-        memory, keys = used_memory(client), client.dbsize()
-        admitted = sum(admit() for _ in range(plan.memory_calls))
-        last_us = server_time_us(client)
-        row: dict[str, Any] = {"kind": kind, "admitted": admitted}
-        for stage in ("", "_after_refill"):
-            if stage:
-                until_us = last_us + int(plan.refill_s * MICRO)
-                row["waited_s"] = (wait_server_time(client, until_us, 5) - last_us) / MICRO
-            own_keys, own_bytes = key_bytes(client, mine)
-            row[f"used_memory_per_admission{stage}"] = (
-                used_memory(client) - memory
-            ) / plan.memory_calls
-            row[f"key_bytes_per_admission{stage}"] = own_bytes / plan.memory_calls
-            row[f"dbsize_growth{stage}"] = client.dbsize() - keys
-            row[f"keys{stage}"] = own_keys
-        rows.append(row)
-        connection.close()
-        delete_run_keys(client, f"{run_id}-mem")
-    return rows
 
 
 async def _async_round(
@@ -443,7 +412,10 @@ def by_column(rows: list[dict[str, Any]], cell: Callable[[dict[str, Any]], str])
 
 
 def print_final(rows: list[dict[str, Any]], plan: Plan) -> None:
-    print(f"Final table: {plan.repeat} repetitions x {plan.seconds:g} s a block")
+    print(
+        f"Final table: {plan.repeat} repetitions, {plan.seconds:g} s of each contender in each,"
+        f" taking turns of {plan.slice_s:g} s with the others of its group"
+    )
     print("  ratio to the floor's calls/s in the same repetition: median [min-max]")
     print(table(["scenario", *COLUMNS], by_column(rows, lambda c: spread(c["ratio"]))))
     print("  calls/s (median of repetitions) and p50/p99 µs (client round trip, every call)")
@@ -490,28 +462,25 @@ def print_details(report: dict[str, Any]) -> None:
     )
     memory = {row["kind"]: row for row in report["memory"]}
     lines = []
-    for row in report["scenarios"]:
-        if row["scenario"] not in ("1p-1d", "1p-3d", "1p-cycle", "1p-budget"):
-            continue
-        for kind, c in row["contenders"].items():
-            m = memory.get(kind, {})
-            lines.append(
-                [
-                    kind,
-                    fmt(c["script_calls_per_admission"], ".2f"),
-                    fmt(c["commands_per_admission"], ".1f"),
-                    fmt(c["server_us_per_admission"], ".1f"),
-                    *(
-                        fmt(m.get(f"{figure}{stage}"), spec)
-                        for stage in ("", "_after_refill")
-                        for figure, spec in (
-                            ("used_memory_per_admission", ".0f"),
-                            ("key_bytes_per_admission", ".0f"),
-                            ("dbsize_growth", "d"),
-                        )
-                    ),
-                ]
-            )
+    for kind, c in report["server"].items():
+        m = memory.get(kind, {})
+        lines.append(
+            [
+                kind,
+                fmt(c["script_calls_per_admission"], ".2f"),
+                fmt(c["commands_per_admission"], ".1f"),
+                fmt(c["server_us_per_admission"], ".1f"),
+                *(
+                    fmt(m.get(f"{figure}{stage}"), spec)
+                    for stage in ("", "_after_refill")
+                    for figure, spec in (
+                        ("used_memory_per_admission", ".0f"),
+                        ("key_bytes_per_admission", ".0f"),
+                        ("dbsize_growth", "d"),
+                    )
+                ),
+            ]
+        )
     memory_headers = ["used_memory B", "key B", "DBSIZE +"]
     headers = ["contender", "script calls", "commands", "server µs", *memory_headers]
     print(table([*headers, *(f"{h}, refilled" for h in memory_headers)], lines))
@@ -557,12 +526,15 @@ def main(argv: list[str] | None = None) -> int:
         if engine is None and server_version(client).startswith("valkey"):
             engine = "valkey"
         with pinned_server(engine) as pinned:
-            run = Run(client, url, run_id, plan)
+            run = Run(url, run_id, plan)
+            if pinned:
+                run.urls["pinned"] = pinned[0]
             conditions = primary.conditions(
-                f"{'quick' if plan.quick else 'full'}: {plan.repeat} repetitions x"
-                f" {plan.seconds:g} s a block, {PROCESSES} processes in [2] and [4]"
+                f"{'quick' if plan.quick else 'full'}: {plan.repeat} repetitions; in each, every"
+                f" contender runs {plan.seconds:g} s in turns of {plan.slice_s:g} s;"
+                f" {PROCESSES} processes in [2] and [4]"
             )
-            conditions["pinned"] = pinned[2] if pinned else "skipped: no CPU affinity or binary"
+            conditions["pinned"] = pinned[1] if pinned else "skipped: no CPU affinity or binary"
             conditions["peers"] = "; ".join(
                 f"{d} {package_version(d)} ({peers.STRATEGIES[column]})"
                 for column, d in peers.DISTRIBUTIONS.items()
@@ -570,20 +542,34 @@ def main(argv: list[str] | None = None) -> int:
             conditions["floor"] = "one EVALSHA: TIME, GET, SET PX on one key (benchmarks/peers.py)"
             conditions["start method"] = mp_context().get_start_method()
             print_conditions("llm-quota-guard vs peers benchmark", conditions)
-            if pinned:
-                run.servers["pinned"] = (pinned[0], pinned[1])
+            groups = sorted({s.group for s in run.scenarios()}, key=list(PROCESSES_OF).index)
             for rep in range(plan.repeat):
-                floors = run.repetition(rep)
-                done = ", ".join(f"{g} {v:.0f}" for g, v in floors.items())
-                print(f"repetition {rep + 1}/{plan.repeat} done; floor calls/s: {done}")
+                floors = ", ".join(f"{g} {run.measure(g, rep):.0f}" for g in groups)
+                print(f"repetition {rep + 1}/{plan.repeat} done; floor calls/s: {floors}")
             print()
             report: dict[str, Any] = {
                 "conditions": conditions,
                 "plan": asdict(plan),
                 "scenarios": run.rows(),
                 "budget_cost_ratio": run.cost_ratio(),
+                "server": count_server_work(
+                    client,
+                    url,
+                    run_id,
+                    installed(peers.KINDS),
+                    warmup=plan.warmup_calls,
+                    calls=plan.counted_calls,
+                ),
                 "contention": contention(client, url, run_id, plan.quick),
-                "memory": measure_memory(client, url, run_id, plan),
+                "memory": measure_memory(
+                    client,
+                    url,
+                    run_id,
+                    installed(ONE_DIM_KINDS),
+                    warmup=plan.warmup_calls,
+                    calls=plan.memory_calls,
+                    refill_s=plan.refill_s,
+                ),
                 "asyncio": measure_asyncio(client, url, run_id, plan),
             }
         print_details(report)

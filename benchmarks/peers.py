@@ -27,7 +27,7 @@ How each peer meets Redis (read from their sources at the pinned versions):
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol, get_args
 
 import redis
@@ -105,9 +105,12 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
-def installed(kind: Kind) -> bool:
-    """Whether the library behind ``kind`` is installed (ours and the floor always are)."""
-    distribution = DISTRIBUTIONS.get(COLUMN[kind])
+def installed(kinds: Iterable[Kind]) -> list[Kind]:
+    """Those of ``kinds`` whose library is installed (ours and the floor always are)."""
+    return [kind for kind in kinds if _installed(DISTRIBUTIONS.get(COLUMN[kind]))]
+
+
+def _installed(distribution: str | None) -> bool:
     if distribution is None:
         return True
     try:
