@@ -199,9 +199,6 @@ class ServerCounts:
     scripts: ScriptStats
     commands: ScriptStats
 
-    def __add__(self, other: ServerCounts) -> ServerCounts:
-        return ServerCounts(self.scripts + other.scripts, self.commands + other.commands)
-
     def __sub__(self, other: ServerCounts) -> ServerCounts:
         return ServerCounts(self.scripts - other.scripts, self.commands - other.commands)
 
