@@ -40,20 +40,24 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-from bench_core import (
+from common import (
     ACTUAL_3,
     COSTS_3,
     THREE_DIM,
     Costs,
     ScriptStats,
-    _f,
+    bench_parser,
+    finish,
+    fmt,
+    parse_bench_args,
     percentile_us,
     preload_scripts,
+    print_conditions,
     reset_stats,
     script_stats,
+    session,
     table,
 )
-from common import bench_parser, finish, parse_bench_args, print_conditions, session
 
 from ratelimit import Budget, Limiter, LimiterGroup, Permit
 
@@ -220,10 +224,10 @@ def print_report(conditions: dict[str, str], rows: list[dict[str, Any]], plan: P
                     r["phase"],
                     r["op"],
                     str(r["ops"]),
-                    _f(r["p50_us"]),
-                    _f(r["p99_us"]),
-                    _f(r["mean_us"]),
-                    _f(r["server_us_per_call"], ".1f"),
+                    fmt(r["p50_us"]),
+                    fmt(r["p99_us"]),
+                    fmt(r["mean_us"]),
+                    fmt(r["server_us_per_call"], ".1f"),
                 ]
                 for r in rows
             ],
@@ -245,9 +249,9 @@ def print_report(conditions: dict[str, str], rows: list[dict[str, Any]], plan: P
                 [
                     r["phase"],
                     r["op"],
-                    _f(r["ratio_p50"], ".2f"),
-                    _f(r["ratio_p99"], ".2f"),
-                    _f(r["ratio_server"], ".2f"),
+                    fmt(r["ratio_p50"], ".2f"),
+                    fmt(r["ratio_p99"], ".2f"),
+                    fmt(r["ratio_server"], ".2f"),
                     f"{statistics.median(r['round_ratio_p50']):.2f}"
                     f" [{min(r['round_ratio_p50']):.2f}-{max(r['round_ratio_p50']):.2f}]",
                 ]
@@ -266,7 +270,7 @@ def print_report(conditions: dict[str, str], rows: list[dict[str, Any]], plan: P
                     r["op"],
                     str(r["ops"]),
                     str(r["script_calls"]),
-                    _f(r["script_calls_per_op"], ".3f"),
+                    fmt(r["script_calls_per_op"], ".3f"),
                 ]
                 for r in rows
             ],

@@ -28,44 +28,41 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import functools
 import math
-import multiprocessing
-import os
-import queue
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from multiprocessing.context import ForkContext, SpawnContext
 from typing import Any, Literal
 
 import redis
-from common import bench_parser, finish, parse_bench_args, print_conditions, session
+from common import (
+    ACTUAL_3,
+    COSTS_3,
+    MICRO,
+    ONE_DIM,
+    THREE_DIM,
+    Costs,
+    ScriptStats,
+    bench_parser,
+    finish,
+    fmt,
+    parse_bench_args,
+    percentile_us,
+    preload_scripts,
+    print_conditions,
+    quota,
+    reset_stats,
+    script_stats,
+    server_counts,
+    server_time_us,
+    session,
+    table,
+)
+from workers import admission_check, jain_index, mp_context, run_workers
 
 from ratelimit import AcquireTimeout, Limiter, Permit, Rate
-
-MICRO = 1_000_000
-
-#: A rate no benchmark can exhaust: 10^9 units a second, bucket of 10^9.
-UNLIMITED = Rate(1_000_000_000)
-THREE_DIM = {"requests": UNLIMITED, "input_tokens": UNLIMITED, "output_tokens": UNLIMITED}
-ONE_DIM = {"requests": UNLIMITED}
-#: Costs by dimension, passed as ``**costs``. Typed ``Any``: the methods' own
-#: keyword parameters (``model``, ``tags``...) make mypy refuse ``**dict[str, int]``.
-Costs = dict[str, Any]
-#: A typical call: its reservation, then what it really used (settled).
-COSTS_3: Costs = {"input_tokens": 1200, "output_tokens": 1024}
-ACTUAL_3: Costs = {"input_tokens": 1187, "output_tokens": 342}
-
-#: Commands that run a script (Redis < 7 counts every SCRIPT subcommand as "script").
-SCRIPT_COMMANDS = (
-    "cmdstat_eval",
-    "cmdstat_evalsha",
-    "cmdstat_eval_ro",
-    "cmdstat_evalsha_ro",
-    "cmdstat_script|load",
-    "cmdstat_script",
-)
 
 Mode = Literal["throughput", "booked", "polling"]
 
@@ -101,75 +98,7 @@ class Plan:
         )
 
 
-def quota(client: redis.Redis | str, name: str, rates: Mapping[str, Rate]) -> Limiter:
-    """A limiter with these dimensions.
-
-    (Limiter's other keyword parameters make mypy refuse ``**rates`` of a
-    ``dict[str, Rate]``, hence the ``Any``.)
-    """
-    dimensions: dict[str, Any] = dict(rates)
-    return Limiter(client, name, **dimensions)
-
-
-# -- server-side counters ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScriptStats:
-    """Script calls and the server time they took, summed over SCRIPT_COMMANDS."""
-
-    calls: int
-    usec: int
-
-    def __add__(self, other: ScriptStats) -> ScriptStats:
-        return ScriptStats(self.calls + other.calls, self.usec + other.usec)
-
-    def __sub__(self, other: ScriptStats) -> ScriptStats:
-        return ScriptStats(self.calls - other.calls, self.usec - other.usec)
-
-
-def script_stats(client: redis.Redis, commands: tuple[str, ...] = SCRIPT_COMMANDS) -> ScriptStats:
-    """Calls and server time of ``commands`` (default: the script ones) since the last reset."""
-    stats: dict[str, Any] = client.info("commandstats")
-    calls = usec = 0
-    for name in commands:
-        entry = stats.get(name)
-        if isinstance(entry, dict):
-            calls += int(entry.get("calls", 0))
-            usec += int(entry.get("usec", 0))
-    return ScriptStats(calls, usec)
-
-
-def reset_stats(client: redis.Redis) -> bool:
-    """CONFIG RESETSTAT; False where the server refuses it (the before/after diff still holds)."""
-    try:
-        client.config_resetstat()
-    except redis.exceptions.ResponseError:
-        return False
-    return True
-
-
-def server_time_us(client: redis.Redis) -> int:
-    seconds, micros = client.time()
-    return int(seconds) * MICRO + int(micros)
-
-
-def preload_scripts(client: redis.Redis, name: str) -> None:
-    """Run every script once so no worker's first call pays a SCRIPT LOAD."""
-    limiter = quota(client, name, ONE_DIM)
-    permit = limiter.try_acquire()
-    if permit is not None:
-        permit.settle(requests=1)
-    limiter.state()
-
-
 # -- 1. latency -------------------------------------------------------------------
-
-
-def percentile_us(sorted_ns: list[int], q: float) -> float:
-    """Nearest-rank percentile of sorted nanosecond samples, in microseconds."""
-    index = min(len(sorted_ns) - 1, max(0, math.ceil(q * len(sorted_ns)) - 1))
-    return sorted_ns[index] / 1000
 
 
 def latency_row(shape: str, op: str, samples_ns: list[int], server: ScriptStats) -> dict[str, Any]:
@@ -242,7 +171,7 @@ def measure_latency(client: redis.Redis, run_id: str, plan: Plan) -> list[dict[s
 
 @dataclass(frozen=True)
 class Job:
-    """What one worker process does."""
+    """What one worker process does (a ``workers.Task``)."""
 
     mode: Mode
     url: str
@@ -253,6 +182,11 @@ class Job:
     timeout_s: float = 5.0
     poll_sleep_s: float = 0.010
 
+    def prepare(self) -> Callable[[float], WorkerResult]:
+        limiter = quota(self.url, self.name, self.rates)
+        limiter.client.ping()
+        return functools.partial(_work, self, limiter=limiter)
+
 
 @dataclass
 class WorkerResult:
@@ -261,11 +195,10 @@ class WorkerResult:
     refused: int = 0
     admitted_at_us: list[int] = field(default_factory=list)
     go_ahead_ms: list[float] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    error: str | None = None
 
 
-def _work(job: Job, deadline: float, limiter: Limiter, out: WorkerResult) -> None:
+def _work(job: Job, deadline: float, limiter: Limiter) -> WorkerResult:
+    out = WorkerResult()
     now = time.monotonic
     if job.mode == "throughput":
         while now() < deadline:
@@ -302,83 +235,7 @@ def _work(job: Job, deadline: float, limiter: Limiter, out: WorkerResult) -> Non
             out.admitted += 1
             out.admitted_at_us.append(polled.admitted_at_us)
             out.go_ahead_ms.append((now() - asked) * 1000)
-
-
-def _worker(
-    job: Job,
-    ready: multiprocessing.Queue[str | None],
-    go: Any,
-    start_at: Any,
-    results: multiprocessing.Queue[WorkerResult],
-) -> None:
-    out = WorkerResult()
-    try:
-        limiter = quota(job.url, job.name, job.rates)
-        limiter.client.ping()
-    except Exception as exc:
-        ready.put(f"worker {os.getpid()} could not start: {exc!r}")
-        return
-    ready.put(None)
-    try:
-        go.wait()
-        start = float(start_at.value)
-        time.sleep(max(0.0, start - time.monotonic()))
-        _work(job, start + job.duration_s, limiter, out)
-        out.elapsed_s = time.monotonic() - start
-    except Exception as exc:
-        out.error = f"worker {os.getpid()}: {exc!r}"
-    finally:
-        results.put(out)
-
-
-def mp_context() -> ForkContext | SpawnContext:
-    """Fork where there is one (fast to start 16 workers), else spawn."""
-    if "fork" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def run_workers(
-    job: Job, count: int, before_go: Callable[[], None] = lambda: None
-) -> list[WorkerResult]:
-    """Start ``count`` workers on ``job``, let them go together, collect their results."""
-    ctx = mp_context()
-    ready: multiprocessing.Queue[str | None] = ctx.Queue()
-    results: multiprocessing.Queue[WorkerResult] = ctx.Queue()
-    go = ctx.Event()
-    start_at = ctx.Value("d", 0.0)
-    workers = [
-        ctx.Process(target=_worker, args=(job, ready, go, start_at, results), daemon=True)
-        for _ in range(count)
-    ]
-    for worker in workers:
-        worker.start()
-    try:
-        problems = [ready.get(timeout=60) for _ in workers]
-        failed = [p for p in problems if p is not None]
-        if failed:
-            raise RuntimeError("; ".join(failed))
-        before_go()
-        start_at.value = time.monotonic() + 0.05
-        go.set()
-        limit = job.duration_s + job.timeout_s + 60
-        collected = [results.get(timeout=limit) for _ in workers]
-    except BaseException as exc:
-        for worker in workers:  # some may wait forever for a go that will not come
-            worker.terminate()
-        if isinstance(exc, queue.Empty):
-            raise RuntimeError(f"{job.mode} workers did not report in time") from None
-        raise
-    finally:
-        for worker in workers:
-            worker.join(timeout=10)
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
-    errors = [r.error for r in collected if r.error]
-    if errors:
-        raise RuntimeError("; ".join(errors))
-    return collected
+    return out
 
 
 # -- 2. throughput ----------------------------------------------------------------
@@ -388,9 +245,10 @@ def measure_throughput(url: str, run_id: str, plan: Plan) -> list[dict[str, Any]
     rows: list[dict[str, Any]] = []
     for count in sorted({1, plan.processes}):
         job = Job("throughput", url, f"{run_id}-tp-{count}", THREE_DIM, COSTS_3, plan.throughput_s)
-        results = run_workers(job, count)
+        done = run_workers(job, count)
+        results = [d.value for d in done]
         admitted = sum(r.admitted for r in results)
-        elapsed = max(r.elapsed_s for r in results)
+        elapsed = max(d.elapsed_s for d in done)
         rows.append(
             {
                 "processes": count,
@@ -407,37 +265,14 @@ def measure_throughput(url: str, run_id: str, plan: Plan) -> list[dict[str, Any]
 # -- 3./4. contention ---------------------------------------------------------------
 
 
-def admission_check(times_us: list[int], rate: Rate, cost_micro: int) -> dict[str, Any]:
-    """Admissions against what the bucket allows, by server TIME.
-
-    The quota is fresh (full) at the first admission t0; by the i-th admission
-    at t_i at most ``burst + rate * (t_i - t0)`` may have gone ahead.
-    ``over_admitted`` is the worst excess over every such prefix (0 = exact).
-    """
-    if not times_us:
-        return {"elapsed_s": 0.0, "allowed": 0, "over_admitted": 0, "utilisation": 0.0}
-    ordered = sorted(times_us)
-    num, den = rate.refill_fraction()
-    cap = rate.capacity_micro
-    first = ordered[0]
-    worst = 0
-    for index, at in enumerate(ordered, 1):
-        excess = index * cost_micro - (cap + (at - first) * num // den)
-        if excess > 0:
-            worst = max(worst, -(-excess // cost_micro))
-    elapsed_us = ordered[-1] - first
-    allowed = (cap + elapsed_us * num // den) // cost_micro
-    return {
-        "elapsed_s": elapsed_us / MICRO,
-        "allowed": allowed,
-        "over_admitted": worst,
-        "utilisation": len(ordered) / allowed if allowed else 0.0,
-    }
-
-
 def measure_contention(
     client: redis.Redis, url: str, run_id: str, plan: Plan, mode: Literal["booked", "polling"]
 ) -> dict[str, Any]:
+    """``plan.contenders`` processes on one saturated quota; counts from the server.
+
+    Besides script calls, every command the server ran is counted (those inside
+    the scripts too), and Jain's index says how evenly the processes were served.
+    """
     job = Job(
         mode,
         url,
@@ -451,29 +286,38 @@ def measure_contention(
     marks: dict[str, Any] = {}
 
     def before_go() -> None:
-        marks["resetstat"] = reset_stats(client)
-        marks["stats"] = script_stats(client)
         marks["start_us"] = server_time_us(client)
+        marks["resetstat"] = reset_stats(client)
+        marks["stats"] = server_counts(client)
 
-    results = run_workers(job, plan.contenders, before_go)
-    server = script_stats(client) - marks["stats"]
+    done = run_workers(job, plan.contenders, before_go, grace_s=job.timeout_s + 60)
+    server = server_counts(client) - marks["stats"]
     end_us = server_time_us(client)
+    results = [d.value for d in done]
     admitted = sum(r.admitted for r in results)
     client_calls = sum(r.calls for r in results)
     times = [t for r in results for t in r.admitted_at_us]
     waits = sorted(w for r in results for w in r.go_ahead_ms)
     check = admission_check(times, plan.contention_rate, MICRO)
+    per_process = [r.admitted for r in results]
     return {
         "mode": mode,
         "processes": plan.contenders,
         "seconds": plan.contention_s,
         "server_seconds": (end_us - marks["start_us"]) / MICRO,
         "admitted": admitted,
-        "script_calls": server.calls,
+        "script_calls": server.scripts.calls,
         "client_calls": client_calls,
-        "calls_per_admission": server.calls / admitted if admitted else math.inf,
+        "calls_per_admission": server.scripts.calls / admitted if admitted else math.inf,
+        "commands": server.commands.calls,
+        "commands_per_admission": server.commands.calls / admitted if admitted else math.inf,
+        "server_us_per_call": server.scripts.usec / server.scripts.calls
+        if server.scripts.calls
+        else None,
         "refused": sum(r.refused for r in results),
         "resetstat": marks["resetstat"],
+        "per_process_admitted": per_process,
+        "jain_index": jain_index(per_process),
         "go_ahead_ms_p50": waits[len(waits) // 2] if waits else None,
         "go_ahead_ms_p99": waits[min(len(waits) - 1, math.ceil(0.99 * len(waits)) - 1)]
         if waits
@@ -483,19 +327,6 @@ def measure_contention(
 
 
 # -- report -------------------------------------------------------------------------
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("  " + "  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-    return "\n".join(lines)
-
-
-def _f(value: float | None, spec: str = ".0f") -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def print_latency(rows: list[dict[str, Any]]) -> None:
@@ -518,11 +349,11 @@ def print_latency(rows: list[dict[str, Any]]) -> None:
                     r["quota"],
                     r["op"],
                     str(r["calls"]),
-                    _f(r["p50_us"]),
-                    _f(r["p99_us"]),
-                    _f(r["mean_us"]),
-                    _f(r["server_calls_per_op"], ".2f"),
-                    _f(r["server_us_per_call"], ".1f"),
+                    fmt(r["p50_us"]),
+                    fmt(r["p99_us"]),
+                    fmt(r["mean_us"]),
+                    fmt(r["server_calls_per_op"], ".2f"),
+                    fmt(r["server_us_per_call"], ".1f"),
                 ]
                 for r in rows
             ],
@@ -540,10 +371,10 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
             [
                 [
                     str(r["processes"]),
-                    _f(r["seconds"], ".2f"),
+                    fmt(r["seconds"], ".2f"),
                     str(r["admitted"]),
-                    _f(r["admissions_per_s"]),
-                    _f(r["per_process_per_s"]),
+                    fmt(r["admissions_per_s"]),
+                    fmt(r["per_process_per_s"]),
                     f"x{r['admissions_per_s'] / base:.2f}",
                 ]
                 for r in rows
@@ -560,11 +391,13 @@ def contention_table(runs: list[dict[str, Any]]) -> str:
             "admitted",
             "script calls",
             "calls/admission",
+            "commands/admission",
             "refused",
             "admit span s",
             "allowed",
             "over-admitted",
             "utilisation",
+            "Jain",
             "go-ahead p50/p99 ms",
         ],
         [
@@ -572,13 +405,15 @@ def contention_table(runs: list[dict[str, Any]]) -> str:
                 r["label"],
                 str(r["admitted"]),
                 str(r["script_calls"]),
-                _f(r["calls_per_admission"], ".3f"),
+                fmt(r["calls_per_admission"], ".3f"),
+                fmt(r["commands_per_admission"], ".1f"),
                 str(r["refused"]),
-                _f(r["elapsed_s"], ".3f"),
+                fmt(r["elapsed_s"], ".3f"),
                 str(r["allowed"]),
                 str(r["over_admitted"]),
                 f"{r['utilisation']:.1%}",
-                f"{_f(r['go_ahead_ms_p50'], '.1f')}/{_f(r['go_ahead_ms_p99'], '.1f')}",
+                fmt(r["jain_index"], ".3f"),
+                f"{fmt(r['go_ahead_ms_p50'], '.1f')}/{fmt(r['go_ahead_ms_p99'], '.1f')}",
             ]
             for r in runs
         ],
@@ -594,7 +429,11 @@ def print_contention(booked: dict[str, Any], polling: dict[str, Any], plan: Plan
     )
     print(
         "    script calls counted by the server (INFO commandstats: eval/evalsha/script load),"
-        " no settle: one admission = one acquire"
+        " no settle: one admission = one acquire;"
+    )
+    print(
+        "    commands = every command the server ran, those inside the scripts too;"
+        " Jain = fairness of admissions over processes (1 = even)"
     )
     booked["label"] = "booked acquire"
     print(contention_table([booked]))

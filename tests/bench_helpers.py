@@ -18,9 +18,10 @@ def run_quick_benchmark(
     tmp_path: Path,
     headings: Iterable[str] = (),
     *,
+    options: Iterable[str] = (),
     timeout_s: float = 180,
 ) -> dict[str, Any]:
-    """Run ``benchmarks/<script> --quick`` on ``server_url``; its saved JSON report.
+    """Run ``benchmarks/<script> --quick [options]`` on ``server_url``; its saved JSON report.
 
     Fails, with the script's output, unless it exits 0 and prints every one of
     ``headings``.
@@ -28,7 +29,10 @@ def run_quick_benchmark(
     saved = tmp_path / "bench.json"
     path = str(BENCHMARKS / script)
     run = subprocess.run(
-        [sys.executable, path, "--quick", "--redis-url", server_url, "--json", str(saved)],
+        [
+            *(sys.executable, path, "--quick", *options),
+            *("--redis-url", server_url, "--json", str(saved)),
+        ],
         capture_output=True,
         text=True,
         timeout=timeout_s,
