@@ -13,16 +13,16 @@
 -- ARGV[4..] the scope block (lib/args.lua), amounts = costs (0 <= cost <= cap),
 --          then model (ledger label, may be empty), tokens and tags (the
 --          client's msgpack blobs for the ledger, kept for a reclaim)
--- Reply    {1, now_us, alerts, events, wait_us, seen}: admitted; the caller
---          sleeps wait_us, then goes ahead without asking again
---          (lib/book.lua); each budget reserved the cost.
---          {0, now_us, alerts, events, retry_after_us, seen}: admission would
---          come later than max_wait_us (-1 when never); nothing was taken.
---          {-1, now_us, alerts, events, j, spent, reserved, limit, period_end_us}:
+-- Reply    {1, now_us, notes, wait_us, seen}: admitted; the caller sleeps
+--          wait_us, then goes ahead without asking again (lib/book.lua);
+--          each budget reserved the cost.
+--          {0, now_us, notes, retry_after_us, seen}: admission would come
+--          later than max_wait_us (-1 when never); nothing was taken.
+--          {-1, now_us, notes, j, spent, reserved, limit, period_end_us}:
 --          scope j's budget cannot take the cost this period; waiting won't help.
---          {-2, now_us, {}, events}: the budget periods sent do not hold now_us.
---          alerts: crossed by permits reclaimed during this call; seen: the
---          budgets' spend (lib/budget.lua).
+--          {-2, now_us, notes}: the budget periods sent do not hold now_us.
+--          notes (lib/args.lua): alerts crossed by permits reclaimed during
+--          this call; seen: the budgets' spend (lib/budget.lua).
 -- A retry with the same permit id (a reply lost to a timeout) returns the
 -- first booking again instead of booking twice.
 
@@ -34,9 +34,9 @@ local out = { alerts = {}, overshoots = {}, events = {} }
 
 local booked = redis.call('HGET', PERMITS, id)
 if booked then
-  return { 1, now, {}, out.events, math.max(0, decode_record(booked).admit - now), {} }
+  return { 1, now, false, math.max(0, decode_record(booked).admit - now), {} }
 end
-if not periods_hold(scopes, now) then return { -2, now, {}, out.events } end
+if not periods_hold(scopes, now) then return { -2, now, false } end
 reclaim_expired(scopes, now, out)
 
 for _, scope in ipairs(scopes) do read_rates(scope, now, out.events) end
@@ -46,14 +46,16 @@ for _, scope in ipairs(scopes) do
   if b then
     local st = load_budget(scope, now, out.events)
     if b.amount > 0 and st.spent + st.reserved + b.amount > b.limit then
-      return { -1, now, out.alerts, out.events, scope.j, string.format('%d', st.spent),
+      return { -1, now, notes(out.alerts, out.events), scope.j, string.format('%d', st.spent),
         string.format('%d', st.reserved), string.format('%d', b.limit),
         string.format('%d', st.stop) }
     end
   end
 end
 local wait, retry_after = wait_until(admit, now, max_wait)
-if not wait then return { 0, now, out.alerts, out.events, retry_after, seen_spend(scopes) } end
+if not wait then
+  return { 0, now, notes(out.alerts, out.events), retry_after, seen_spend(scopes) }
+end
 
 local parts = {}
 for _, scope in ipairs(scopes) do
@@ -70,4 +72,4 @@ for _, scope in ipairs(scopes) do
 end
 redis.call('HSET', PERMITS, id, encode_record(admit, parts, model, tokens, tags))
 redis.call('ZADD', LEASES, admit + lease, id)
-return { 1, now, out.alerts, out.events, wait, seen_spend(scopes) }
+return { 1, now, notes(out.alerts, out.events), wait, seen_spend(scopes) }

@@ -13,7 +13,7 @@
 --          then ARGV[at] = retry_after_us: when > 0, every bucket of the
 --          block is also held empty until that long from now, so no process
 --          is admitted before then
--- Reply    {1, now_us, {}, events, lowered}: lowered = how many buckets were brought down
+-- Reply    {1, now_us, notes, lowered}: lowered = how many buckets were brought down
 
 local scopes, at = read_scopes(2, ARGV[1] == '1' and 3 or 1)
 local retry_after = tonumber(ARGV[at])
@@ -30,4 +30,4 @@ for _, scope in ipairs(scopes) do
   end
   if changed then write_rates(scope, now) end
 end
-return { 1, now, {}, events, lowered }
+return { 1, now, notes({}, events), lowered }

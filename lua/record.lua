@@ -7,7 +7,7 @@
 -- ARGV[1]  entry id (a fresh random string from the client)
 -- ARGV[2..] the scope block (lib/args.lua) with each budget's amount = the
 --          cost saved, nano-dollars; then model, tokens and tags (msgpack)
--- Reply    {1, now_us, {}, {}, recorded} or {-2, now_us, {}, {}} (the
+-- Reply    {1, now_us, false, recorded} or {-2, now_us, false} (the
 --          periods sent do not hold now_us). Each budgeted scope gets a
 --          ledger entry of kind "cache_hit" with cost 0 and "saved", and its
 --          "<day>|<model>|saved" counter grows by the amount; spend and
@@ -17,7 +17,7 @@ local id = ARGV[1]
 local scopes, at = read_scopes(2, 3)
 local model, tokens, tags = ARGV[at], ARGV[at + 1], ARGV[at + 2]
 local now = now_us()
-if not periods_hold(scopes, now) then return { -2, now, {}, {} } end
+if not periods_hold(scopes, now) then return { -2, now, false } end
 local recorded = 0
 for _, scope in ipairs(scopes) do
   local b = scope.budget
@@ -30,4 +30,4 @@ for _, scope in ipairs(scopes) do
     recorded = recorded + 1
   end
 end
-return { 1, now, {}, {}, recorded }
+return { 1, now, false, recorded }

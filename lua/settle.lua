@@ -12,7 +12,7 @@
 --          provider says is left ("<j>:<dim>:<micro-units> ...", "" = no
 --          figures): after the settle, those buckets are brought down to it,
 --          as observe.lua does, in the same call
--- Reply    {status, now_us, alerts, events, overshoots, seen}
+-- Reply    {status, now_us, notes, overshoots, seen}
 --          status 1 = settled: each rate bucket got back reserved - actual
 --          (capped at its capacity) or, when actual is larger, was debited
 --          the difference (it may go into debt, so later callers wait); each
@@ -33,8 +33,8 @@ local now = now_us()
 local out = { alerts = {}, overshoots = {}, events = {} }
 
 local record = redis.call('HGET', PERMITS, id)
-if not record then return { 0, now, {}, out.events, {}, {} } end
-if not periods_hold(scopes, now) then return { -2, now, {}, out.events } end
+if not record then return { 0, now, false, {}, {} } end
+if not periods_hold(scopes, now) then return { -2, now, false } end
 local rec = decode_record(record)
 if model == '' then model = rec.model end
 if tokens == '' then tokens = rec.tokens end
@@ -53,4 +53,4 @@ for _, scope in ipairs(scopes) do
   if scope.changed then write_rates(scope, now) end
 end
 reclaim_expired(scopes, now, out)
-return { 1, now, out.alerts, out.events, out.overshoots, seen_spend(scopes) }
+return { 1, now, notes(out.alerts, out.events), out.overshoots, seen_spend(scopes) }

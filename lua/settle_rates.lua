@@ -15,27 +15,24 @@
 --          dimension: positive gives back (after everyone already booked,
 --          capped at capacity; a booking still in line with others after it
 --          keeps its slot spent), negative is a debt
--- Reply    {1, now_us, {}, events, {}}: applied; {0, now_us, {}, {}, {}}:
---          already settled or cancelled, or past its window: nothing changed.
+-- Reply    {1, now_us, notes}: applied; {0, now_us, false}: already settled
+--          or cancelled, or past its window: nothing changed.
 
 local admit, window_end, figures = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local scopes = read_scopes(4, 2)
 local now = now_us()
-if now > window_end then return { 0, now, {}, {}, {} } end
+if now > window_end then return { 0, now, false } end
 local keep_ms = math.ceil((window_end - now) / 1000) + 1
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', keep_ms) then return { 0, now, {}, {}, {} } end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', keep_ms) then return { 0, now, false } end
 local events = {}
 for _, scope in ipairs(scopes) do
   read_rates(scope, now, events)
   for _, d in ipairs(scope.rates) do
-    if d.amount ~= 0 then
-      local cur = credit(d.cur, d.cap, d.num, d.den, d.amount, admit, now)
-      if cur then d.cur, scope.changed = cur, true end
-    end
+    if d.amount ~= 0 and credit(d, d.amount, admit, now) then scope.changed = true end
   end
 end
 for j in pairs(lower_to(scopes, figures, now)) do scopes[j].changed = true end
 for _, scope in ipairs(scopes) do
   if scope.changed then write_rates(scope, now) end
 end
-return { 1, now, {}, events, {} }
+return { 1, now, notes({}, events) }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -77,6 +77,26 @@ class _Shell(LimiterBase):
     async def _drive(self, flow: Flow[R]) -> R:
         return await drive(self.client, flow, self._scripts)
 
+    def _permit(
+        self,
+        ident: str | Callable[[], str],
+        reserved_micro: dict[str, int],
+        *,
+        wait_s: float,
+        admitted_at_us: int,
+        backed: bool,
+        budget_names: frozenset[str],
+    ) -> PermitData:
+        return Permit(
+            self,
+            ident,
+            reserved_micro,
+            wait_s=wait_s,
+            admitted_at_us=admitted_at_us,
+            backed=backed,
+            budget_names=budget_names,
+        )
+
     async def _deliver(self, alerts: tuple[Alert, ...] | list[Alert]) -> None:
         for alert in alerts:
             handler = self._alert_handlers.get(alert.scope)
@@ -96,8 +116,24 @@ class _Shell(LimiterBase):
         model: str | None,
         tags: Mapping[str, object] | None,
     ) -> Booking:
+        plan = self._plan
+        if plan.quick and model is None and tags is None:
+            amounts, args = plan.quick_call(costs, timeout_s)
+            try:
+                reply = await self._scripts["acquire_rates"](
+                    keys=plan.parts[0].lean_keys, args=args
+                )
+            except redis.exceptions.RedisError:
+                pass  # the flow below tries again, and applies on_redis_error
+            else:
+                result = plan.quick_result(reply, amounts, timeout_s, self._permit)
+                if isinstance(result, AcquireTimeout):
+                    return Booking(None, result, ())
+                return Booking(result, None, ())
         booking = await self._drive(
-            self._plan.acquire(costs, timeout_s, model=model, tags=tags, clock_us=clock_us())
+            plan.acquire(
+                costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit
+            )
         )
         await self._deliver(booking.alerts)
         return booking
@@ -108,7 +144,7 @@ class _Shell(LimiterBase):
         """See :meth:`ratelimit.Limiter.try_acquire`."""
         booking = await self._book(costs, 0, model, tags)
         if booking.permit is not None:
-            return Permit(self, booking.permit)
+            return booking.permit  # type: ignore[return-value]  # made by self._permit
         if isinstance(booking.error, AcquireTimeout):
             return None
         raise booking.error  # type: ignore[misc]  # a BudgetExceeded
@@ -129,7 +165,7 @@ class _Shell(LimiterBase):
         booking = await self._book(costs, timeout, model, tags)
         if booking.permit is None:
             raise booking.error  # type: ignore[misc]
-        permit = Permit(self, booking.permit)
+        permit: Permit = booking.permit  # type: ignore[assignment]  # made by self._permit
         if permit.wait_s > 0:
             try:
                 await asyncio.sleep(permit.wait_s)
@@ -275,8 +311,27 @@ class LimiterGroup(_Shell):
 class Permit(PermitData):
     """Asyncio twin of :class:`ratelimit.Permit`: ``await permit.settle(...)``."""
 
-    def __init__(self, limiter: _Shell, data: PermitData) -> None:
-        super().__init__(**vars(data))
+    __slots__ = ("limiter",)
+
+    def __init__(
+        self,
+        limiter: _Shell,
+        ident: str | Callable[[], str],
+        reserved_micro: dict[str, int],
+        *,
+        wait_s: float,
+        admitted_at_us: int,
+        backed: bool,
+        budget_names: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(
+            ident,
+            reserved_micro,
+            wait_s=wait_s,
+            admitted_at_us=admitted_at_us,
+            backed=backed,
+            budget_names=budget_names,
+        )
         self.limiter = limiter
 
     async def settle(
@@ -289,21 +344,41 @@ class Permit(PermitData):
         **actual: Any,
     ) -> Settlement:
         """See :meth:`ratelimit.Permit.settle`."""
-        if self.backed:
+        if not self.backed:
+            self.settlement = Settlement("unbacked")
+        elif model is None and tags is None and usage is None and self.limiter._plan.quick:
+            self.settlement = await self._quick(actual, remaining)
+        else:
             self.settlement = await self.limiter.settle(
                 self.id, model=model, tags=tags, usage=usage, remaining=remaining, **actual
             )
-        else:
-            self.settlement = Settlement("unbacked")
         return self.settlement
 
     async def cancel(self) -> Settlement:
         """See :meth:`ratelimit.Permit.cancel`."""
-        if self.backed:
-            self.settlement = await self.limiter.cancel(self.id)
-        else:
+        if not self.backed:
             self.settlement = Settlement("unbacked")
+        elif self.limiter._plan.quick:
+            self.settlement = await self._quick(dict.fromkeys(self.reserved_micro, 0), None)
+        else:
+            self.settlement = await self.limiter.cancel(self.id)
         return self.settlement
+
+    async def _quick(
+        self, actual: Mapping[str, Any], remaining: Mapping[str, object] | None
+    ) -> Settlement:
+        """Settle (or cancel) without a flow: one script call, the plan's quick path."""
+        plan = self.limiter._plan
+        call = plan.quick_settle(
+            self.id, self.admitted_at_us, self.reserved_micro, actual, remaining=remaining
+        )
+        try:
+            reply = await self.limiter._scripts[call.script](keys=call.keys, args=call.args)
+        except redis.exceptions.RedisError:
+            # The flow tries again (the settle marker makes a repeat count once)
+            # and reports the error as every settle does.
+            return await self.limiter.settle(self.id, remaining=remaining, **actual)
+        return plan.quick_settled(reply)
 
     async def __aenter__(self) -> Permit:
         return self

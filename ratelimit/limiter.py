@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -74,6 +74,26 @@ class _Shell(LimiterBase):
     def _drive(self, flow: Flow[R]) -> R:
         return drive(self.client, flow, self._scripts)
 
+    def _permit(
+        self,
+        ident: str | Callable[[], str],
+        reserved_micro: dict[str, int],
+        *,
+        wait_s: float,
+        admitted_at_us: int,
+        backed: bool,
+        budget_names: frozenset[str],
+    ) -> PermitData:
+        return Permit(
+            self,
+            ident,
+            reserved_micro,
+            wait_s=wait_s,
+            admitted_at_us=admitted_at_us,
+            backed=backed,
+            budget_names=budget_names,
+        )
+
     def _deliver(self, alerts: tuple[Alert, ...] | list[Alert]) -> None:
         for alert in alerts:
             handler = self._alert_handlers.get(alert.scope)
@@ -93,8 +113,22 @@ class _Shell(LimiterBase):
         model: str | None,
         tags: Mapping[str, object] | None,
     ) -> Booking:
+        plan = self._plan
+        if plan.quick and model is None and tags is None:
+            amounts, args = plan.quick_call(costs, timeout_s)
+            try:
+                reply = self._scripts["acquire_rates"](keys=plan.parts[0].lean_keys, args=args)
+            except redis.exceptions.RedisError:
+                pass  # the flow below tries again, and applies on_redis_error
+            else:
+                result = plan.quick_result(reply, amounts, timeout_s, self._permit)
+                if isinstance(result, AcquireTimeout):
+                    return Booking(None, result, ())
+                return Booking(result, None, ())
         booking = self._drive(
-            self._plan.acquire(costs, timeout_s, model=model, tags=tags, clock_us=clock_us())
+            plan.acquire(
+                costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit
+            )
         )
         self._deliver(booking.alerts)
         return booking
@@ -109,7 +143,7 @@ class _Shell(LimiterBase):
         """
         booking = self._book(costs, 0, model, tags)
         if booking.permit is not None:
-            return Permit(self, booking.permit)
+            return booking.permit  # type: ignore[return-value]  # made by self._permit
         if isinstance(booking.error, AcquireTimeout):
             return None
         raise booking.error  # type: ignore[misc]  # a BudgetExceeded
@@ -132,7 +166,7 @@ class _Shell(LimiterBase):
         booking = self._book(costs, timeout, model, tags)
         if booking.permit is None:
             raise booking.error  # type: ignore[misc]
-        permit = Permit(self, booking.permit)
+        permit: Permit = booking.permit  # type: ignore[assignment]  # made by self._permit
         if permit.wait_s > 0:
             try:
                 time.sleep(permit.wait_s)
@@ -316,8 +350,27 @@ class Permit(PermitData):
     settle cancels the permit (the call is taken not to have gone out).
     """
 
-    def __init__(self, limiter: _Shell, data: PermitData) -> None:
-        super().__init__(**vars(data))
+    __slots__ = ("limiter",)
+
+    def __init__(
+        self,
+        limiter: _Shell,
+        ident: str | Callable[[], str],
+        reserved_micro: dict[str, int],
+        *,
+        wait_s: float,
+        admitted_at_us: int,
+        backed: bool,
+        budget_names: frozenset[str] = frozenset(),
+    ) -> None:
+        super().__init__(
+            ident,
+            reserved_micro,
+            wait_s=wait_s,
+            admitted_at_us=admitted_at_us,
+            backed=backed,
+            budget_names=budget_names,
+        )
         self.limiter = limiter
 
     def settle(
@@ -339,12 +392,14 @@ class Permit(PermitData):
         the ledger records it. A second settle of the same permit, from this
         process or any other, changes nothing and reports ``"unknown"``.
         """
-        if self.backed:
+        if not self.backed:
+            self.settlement = Settlement("unbacked")
+        elif model is None and tags is None and usage is None and self.limiter._plan.quick:
+            self.settlement = self._quick(actual, remaining)
+        else:
             self.settlement = self.limiter.settle(
                 self.id, model=model, tags=tags, usage=usage, remaining=remaining, **actual
             )
-        else:
-            self.settlement = Settlement("unbacked")
         return self.settlement
 
     def cancel(self) -> Settlement:
@@ -354,11 +409,29 @@ class Permit(PermitData):
         keeps that dimension's slot spent: handing it to a newcomer would
         squeeze the newcomer in just before them.
         """
-        if self.backed:
-            self.settlement = self.limiter.cancel(self.id)
-        else:
+        if not self.backed:
             self.settlement = Settlement("unbacked")
+        elif self.limiter._plan.quick:
+            self.settlement = self._quick(dict.fromkeys(self.reserved_micro, 0), None)
+        else:
+            self.settlement = self.limiter.cancel(self.id)
         return self.settlement
+
+    def _quick(
+        self, actual: Mapping[str, Any], remaining: Mapping[str, object] | None
+    ) -> Settlement:
+        """Settle (or cancel) without a flow: one script call, the plan's quick path."""
+        plan = self.limiter._plan
+        call = plan.quick_settle(
+            self.id, self.admitted_at_us, self.reserved_micro, actual, remaining=remaining
+        )
+        try:
+            reply = self.limiter._scripts[call.script](keys=call.keys, args=call.args)
+        except redis.exceptions.RedisError:
+            # The flow tries again (the settle marker makes a repeat count once)
+            # and reports the error as every settle does.
+            return self.limiter.settle(self.id, remaining=remaining, **actual)
+        return plan.quick_settled(reply)
 
     def __enter__(self) -> Permit:
         return self

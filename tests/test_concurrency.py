@@ -315,7 +315,8 @@ def book(limiter: Limiter, **costs: int) -> Permit:
     """A place in line without sleeping in it."""
     booking = limiter._book(costs, None, None, None)
     assert booking.permit is not None
-    return Permit(limiter, booking.permit)
+    assert isinstance(booking.permit, Permit)
+    return booking.permit
 
 
 def test_waiting_on_one_dimension_does_not_overfill_another(r: redis.Redis) -> None:

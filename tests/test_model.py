@@ -318,10 +318,13 @@ def stored_rates(raw: bytes | str | None) -> dict[str, tuple[Bucket, ModelRate]]
     """A rates key's buckets and the rates stored with them (lib/rates.lua)."""
     tokens = [] if raw is None else (raw.decode() if isinstance(raw, bytes) else raw).split()
     found = {}
-    for k in range(0, len(tokens), 10):
-        name, level, rem, rem_den, ts, cap, _cap_seen, num, den, _rate_seen = tokens[k : k + 10]
-        rate = ModelRate(int(cap), int(num), int(den))
-        found[name] = (Bucket(int(level), int(rem), int(rem_den), int(ts)), rate)
+    for k in range(0, len(tokens), 7):
+        name, level, rem, rem_den, ts, _seen, setting = tokens[k : k + 7]
+        cap, num, den = (int(v) for v in setting.split(":"))
+        found[name] = (
+            Bucket(int(level), int(rem), int(rem_den), int(ts)),
+            ModelRate(cap, num, den),
+        )
     return found
 
 
@@ -345,8 +348,8 @@ def forget_holders(r: redis.Redis, key: str) -> None:
     if not isinstance(raw, bytes):
         return
     tokens = raw.decode().split()
-    for k in range(0, len(tokens), 10):
-        tokens[k + 6] = tokens[k + 9] = "0"  # cap_seen, rate_seen
+    for k in range(0, len(tokens), 7):
+        tokens[k + 5] = "0"  # when a process holding the setting last wrote
     r.set(key, " ".join(tokens), keepttl=True)
 
 
@@ -411,7 +414,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
             clock_us=clock_us(),
         )
         booking, call, reply = run(self.limiter, flow)
-        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[4])
+        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
         permit_id = None if booking.permit is None else booking.permit.id
         if booking.permit is not None:
             assert booking.permit.reserved_micro == costs
@@ -473,7 +476,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         booked = self.pick(data, current_rates_only=True)
         call = booked.call
         reply = self.limiter._scripts[call.script](keys=call.keys, args=call.args)
-        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[4])
+        admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
         # The id the client would have made of that reply.
         plan = self.limiter._plan
         reserved = tuple(booked.costs[d] for d in plan.rate_order)
@@ -541,7 +544,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         )
         lowered, _, reply = run(self.limiter, flow)
         now = int(reply[1])
-        assert int(reply[4]) == lowered
+        assert int(reply[3]) == lowered
         expected = self.model.observe(remaining, retry_after, now)
         assert lowered == expected, f"at {now}: {self.model}"
         self.check_ttl(now)
@@ -707,7 +710,7 @@ def test_a_new_rate_applies_from_the_last_write(r: redis.Redis) -> None:
     model = Model({"requests": ModelRate.of(Rate(7, per=3))}, {}, {})
     flow = first._plan.acquire({"requests": 7}, None, model=None, tags=None, clock_us=clock_us())
     booking, _, reply = run(first, flow)
-    admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[4])
+    admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
     assert booking.permit is not None
     assert (admitted, wait) == (1, 0)
     assert model.acquire(booking.permit.id, {"requests": 7_000_000}, -1, now, model.rates) == (1, 0)

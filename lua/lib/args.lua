@@ -10,9 +10,9 @@
 -- the end of its lease, microseconds); see each script.
 --
 -- The scope block of ARGV, read from position `at` by read_scopes:
---   S, then per scope: name, nr, nr x [dim, cap, num, den, amount]
---   (lib/bucket.lua units; amount: what the operation applies, see each
---   script), nb (0 or 1), and when nb = 1:
+--   S, then per scope: name, nr, nr x [dim, "cap:num:den", amount]
+--   (lib/rates.lua; amount: what the operation applies, see each script),
+--   nb (0 or 1), and when nb = 1:
 --   dim, limit (nano-dollars), amount (as for rates, nano-dollars),
 --   alerts ("ppm:nano,ppm:nano" ascending, "" for none),
 --   alert channel (where lib/alerts.lua publishes; "" = do not publish),
@@ -23,49 +23,59 @@
 --   (nano-dollars; lib/budget.lua), and count_days: 1 when the spend
 --   counters' days fall inside the budget's periods (same time zone).
 --
--- Every reply starts {status, now_us, alerts, events, ...}. status -2 means
--- the budget periods sent do not hold now_us (the client's clock is far
--- off): nothing changed; resend periods around now_us. alerts:
--- {{j, threshold_ppm, spent, limit, period}, ...} (lib/alerts.lua). events:
+-- Every reply starts {status, now_us, notes, ...}. status -2 means the
+-- budget periods sent do not hold now_us (the client's clock is far off):
+-- nothing changed; resend periods around now_us. notes is false when there
+-- is nothing to report (most calls), else {alerts, events}: alerts
+-- {{j, threshold_ppm, spent, limit, period}, ...} (lib/alerts.lua), events
 -- what the client should log, e.g. {"conflict", j, dim, cap, num, den}
 -- (lib/rates.lua), {"restored", j, spent_found, spent_restored}
 -- (lib/budget.lua), {"publish_denied", j, error} (lib/alerts.lua).
 
 local PERMITS, LEASES = KEYS[1], KEYS[2]
 
+-- A reply's notes: false when there are neither alerts nor events.
+local function notes(alerts, events)
+  if #alerts == 0 and #events == 0 then return false end
+  return { alerts, events }
+end
+
 -- The scopes of the call: ARGV from `at`, their keys from KEYS[k].
 local function read_scopes(at, k)
   local scopes = {}
-  local function nxt()
-    at = at + 1
-    return ARGV[at - 1]
-  end
-  local function key()
+  local count = tonumber(ARGV[at])
+  at = at + 1
+  for j = 1, count do
+    local scope = { j = j, name = ARGV[at], rates_key = KEYS[k], rates = {}, by_name = {} }
     k = k + 1
-    return KEYS[k - 1]
-  end
-  local s = tonumber(nxt())
-  for j = 1, s do
-    local scope = { j = j, name = nxt(), rates_key = key(), rates = {} }
-    for i = 1, tonumber(nxt()) do
-      scope.rates[i] = {
-        name = nxt(), cap = tonumber(nxt()), num = tonumber(nxt()),
-        den = tonumber(nxt()), amount = tonumber(nxt()),
-      }
+    local nr = tonumber(ARGV[at + 1])
+    at = at + 2
+    for i = 1, nr do
+      local cfg = ARGV[at + 1]
+      local cap, num, den = string.match(cfg, '^(%d+):(%d+):(%d+)$')
+      local d = { name = ARGV[at], cfg = cfg, cap = tonumber(cap), num = tonumber(num),
+        den = tonumber(den), amount = tonumber(ARGV[at + 2]) }
+      scope.rates[i], scope.by_name[d.name] = d, d
+      at = at + 3
     end
-    if nxt() == '1' then
-      scope.budget_key, scope.ledger, scope.spend, scope.alerts = key(), key(), key(), key()
-      local b = { name = nxt(), limit = tonumber(nxt()), amount = tonumber(nxt()), alerts = {} }
-      for ppm, nano in string.gmatch(nxt(), '(%d+):(%d+)') do
+    at = at + 1
+    if ARGV[at - 1] == '1' then
+      scope.budget_key, scope.ledger, scope.spend, scope.alerts = KEYS[k], KEYS[k + 1],
+        KEYS[k + 2], KEYS[k + 3]
+      k = k + 4
+      local b = { name = ARGV[at], limit = tonumber(ARGV[at + 1]), amount = tonumber(ARGV[at + 2]),
+        alerts = {}, channel = ARGV[at + 4] }
+      for ppm, nano in string.gmatch(ARGV[at + 3], '(%d+):(%d+)') do
         b.alerts[#b.alerts + 1] = { tonumber(ppm), tonumber(nano) }
       end
-      b.channel = nxt()
-      b.periods = { tonumber(nxt()), tonumber(nxt()), tonumber(nxt()), tonumber(nxt()),
-        nxt(), nxt(), nxt() }
-      b.days = { tonumber(nxt()), tonumber(nxt()), tonumber(nxt()), tonumber(nxt()),
-        nxt(), nxt(), nxt() }
-      b.maxlen, b.max_age_ms = tonumber(nxt()), tonumber(nxt())
-      b.floor, b.count_days = tonumber(nxt()), nxt() == '1'
+      at = at + 5
+      b.periods = { tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]),
+        tonumber(ARGV[at + 3]), ARGV[at + 4], ARGV[at + 5], ARGV[at + 6] }
+      b.days = { tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8]), tonumber(ARGV[at + 9]),
+        tonumber(ARGV[at + 10]), ARGV[at + 11], ARGV[at + 12], ARGV[at + 13] }
+      b.maxlen, b.max_age_ms = tonumber(ARGV[at + 14]), tonumber(ARGV[at + 15])
+      b.floor, b.count_days = tonumber(ARGV[at + 16]), ARGV[at + 17] == '1'
+      at = at + 18
       scope.budget = b
     end
     scopes[j] = scope

@@ -10,7 +10,7 @@ local function admission_time(scopes, now)
   for _, scope in ipairs(scopes) do
     for _, d in ipairs(scope.rates) do
       if d.amount > 0 then
-        local level, rem, at = bucket_at(d.cur, d.cap, d.num, d.den, now)
+        local level, rem, at = bucket_at(d, now)
         local ready = at + wait_for(level, rem, d.amount, d.num, d.den)
         if ready > admit then admit = ready end
       end
@@ -35,9 +35,9 @@ local function charge(scope, admit, now)
   local charged = false
   for _, d in ipairs(scope.rates) do
     if d.amount > 0 then
-      local level, rem, at = bucket_at(d.cur, d.cap, d.num, d.den, now)
-      level, rem = refill({ level, rem, d.den, at }, d.cap, d.num, d.den, admit)
-      d.cur = { level - d.amount, rem, d.den, admit }
+      local level, rem, at = bucket_at(d, now)
+      level, rem = refill(d, level, rem, d.den, at, admit)
+      set_bucket(d, level - d.amount, rem, admit)
       charged = true
     end
   end

@@ -1,24 +1,26 @@
 -- lib/bucket.lua: one rate dimension's token bucket, in exact integers.
 --
--- A bucket is {level, rem, den, ts} (lib/rates.lua stores it):
---     level  micro-units in the bucket at time ts, after every admission
---            booked up to ts (negative only for debt: a settle that used more
---            than it reserved, or a provider's retry-after)
---     rem    fraction of one micro-unit already refilled, in 1/den steps
---     den    the rate's denominator when rem was written (a new rate resets rem)
---     ts     microseconds since the epoch (Redis TIME): the last write, or,
+-- A dimension d (lib/args.lua) carries its bucket as written, and the rate
+-- it is refilled at (lib/rates.lua):
+--   d.level  micro-units in the bucket at time d.ts, after every admission
+--            booked up to d.ts (negative only for debt: a settle that used
+--            more than it reserved, or a provider's retry-after); nil for a
+--            full bucket (never charged, or refilled when its key expired)
+--   d.rem    fraction of one micro-unit already refilled, in 1/d.rden steps
+--   d.rden   the rate's denominator when rem was written (a new rate resets rem)
+--   d.ts     microseconds since the epoch (Redis TIME): the last write, or,
 --            while callers are booked ahead ("waiting is booked, not polled"),
 --            the admission time of the last of them: the bucket is then known
 --            as of that future instant, and nobody can be admitted before it
--- The refill rate is num/den micro-units per microsecond, an exact fraction
--- with num*den < 2^50, so every product below stays an exact double
--- (integers below 2^53). A missing bucket (nil) is a full one.
+--   d.cap, d.num, d.den  capacity and refill rate: num/den micro-units per
+--            microsecond, an exact fraction with num*den < 2^50, so every
+--            product below stays an exact double (integers below 2^53)
 
--- Level and remainder of a bucket refilled up to `now`, capped at `cap`.
-local function refill(cur, cap, num, den, now)
-  if not cur then return cap, 0 end
-  local level, rem, ts = cur[1], cur[2], cur[4]
-  if cur[3] ~= den then rem = 0 end
+-- Level and remainder of a bucket (level, rem, rden, ts) refilled up to
+-- `now` at d's rate, capped at its capacity.
+local function refill(d, level, rem, rden, ts, now)
+  local cap, num, den = d.cap, d.num, d.den
+  if rden ~= den then rem = 0 end
   if level >= cap then return cap, 0 end
   local elapsed = now - ts
   if elapsed <= 0 then return level, rem end
@@ -36,17 +38,17 @@ local function refill(cur, cap, num, den, now)
   return level, rem
 end
 
--- The bucket as of `at` = max(now, ts): level, rem, at (a missing bucket is full now).
-local function bucket_at(cur, cap, num, den, now)
-  if not cur then return cap, 0, now end
-  if cur[4] > now then
-    if cur[1] >= cap then return cap, 0, cur[4] end
-    local rem = cur[2]
-    if cur[3] ~= den then rem = 0 end
-    return cur[1], rem, cur[4]
+-- The bucket as of `at` = max(now, ts): level, rem, at (a full bucket is full now).
+local function bucket_at(d, now)
+  local level, ts = d.level, d.ts
+  if not level then return d.cap, 0, now end
+  if ts > now then
+    if level >= d.cap then return d.cap, 0, ts end
+    if d.rden ~= d.den then return level, 0, ts end
+    return level, d.rem, ts
   end
-  local level, rem = refill(cur, cap, num, den, now)
-  return level, rem, now
+  level, ts = refill(d, level, d.rem, d.rden, ts, now)
+  return level, ts, now
 end
 
 -- Microseconds until a bucket at (level, rem) holds `need` micro-units,
@@ -60,14 +62,18 @@ local function wait_for(level, rem, need, num, den)
   return w
 end
 
+local function set_bucket(d, level, rem, ts)
+  d.level, d.rem, d.rden, d.ts = level, rem, d.den, ts
+end
+
 -- Debt past this would leave the exact range of doubles; no real quota gets near.
 local FLOOR = -2251799813685248
 
--- Give a bucket back `back` micro-units of a permit admitted at `admit`, or
--- charge it -back (a debt after everyone booked, so later callers wait).
--- Returns the new bucket, or nil when nothing changes.
-local function credit(cur, cap, num, den, back, admit, now)
-  local level, rem, at = bucket_at(cur, cap, num, den, now)
+-- Give dimension d back `back` micro-units of a permit admitted at `admit`,
+-- or charge it -back (a debt after everyone booked, so later callers wait).
+-- Returns whether the bucket changed.
+local function credit(d, back, admit, now)
+  local level, rem, at = bucket_at(d, now)
   if back < 0 then
     level = math.max(level + back, FLOOR)
   elseif admit <= now or admit >= at then
@@ -75,13 +81,14 @@ local function credit(cur, cap, num, den, back, admit, now)
     -- booked, as the provider's own bucket gives back an unused
     -- reservation), or nobody is booked after it: credited.
     level = level + back
-    if level >= cap then level, rem = cap, 0 end
+    if level >= d.cap then level, rem = d.cap, 0 end
   else
     -- A booking still in line with others booked after it: those were timed
     -- without its units, and handing them to a newcomer would squeeze it in
     -- just before them, more than the provider's bucket holds (that call
     -- never reached the provider to be given back). The slot stays spent.
-    return nil
+    return false
   end
-  return { level, rem, den, at }
+  set_bucket(d, level, rem, at)
+  return true
 end

@@ -12,10 +12,7 @@ local function finish_permit(scopes, id, rec, actual, kind, model, tokens, tags,
     for _, d in ipairs(scope.rates) do
       local reserved = rec.amounts[scope.j .. ':' .. d.name] or 0
       local back = reserved - actual(d, reserved)
-      if back ~= 0 then
-        local cur = credit(d.cur, d.cap, d.num, d.den, back, rec.admit, now)
-        if cur then d.cur, scope.changed = cur, true end
-      end
+      if back ~= 0 and credit(d, back, rec.admit, now) then scope.changed = true end
     end
     local b = scope.budget
     local key = b and (scope.j .. ':$' .. b.name)

@@ -5,17 +5,17 @@
 -- (`remaining` micro-units, -1 = no figure), and with `retry_after` > 0 hold
 -- it empty until that long from now. Never raises it. Returns true if lowered.
 local function lower_bucket(d, remaining, retry_after, now)
-  local level, rem, at = bucket_at(d.cur, d.cap, d.num, d.den, now)
+  local level, rem, at = bucket_at(d, now)
   local new_level, new_rem, new_at = level, rem, at
   if remaining >= 0 and remaining < new_level then new_level, new_rem = remaining, 0 end
   if retry_after > 0 and new_at < now + retry_after then
     -- Nobody goes before now + retry_after, and the bucket is empty then.
     new_at = now + retry_after
-    new_level, new_rem = refill({ new_level, new_rem, d.den, at }, d.cap, d.num, d.den, new_at)
+    new_level, new_rem = refill(d, new_level, new_rem, d.den, at, new_at)
     if new_level > 0 then new_level, new_rem = 0, 0 end
   end
   if new_at == at and new_level >= level then return false end
-  d.cur = { new_level, new_rem, d.den, new_at }
+  set_bucket(d, new_level, new_rem, new_at)
   return true
 end
 

@@ -28,7 +28,7 @@ class ScriptCall:
     """Which script to run, with its KEYS and ARGV."""
 
     script: ScriptName
-    keys: list[str]
+    keys: list[str] | list[bytes]
     args: list[ScriptArg]
 
 

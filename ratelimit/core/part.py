@@ -15,6 +15,7 @@ import itertools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from ratelimit.core.calls import ScriptArg
 from ratelimit.core.keys import group_base
@@ -41,18 +42,44 @@ class Part:
         base = group_base(slot, group)
         return cls(tuple(members), f"{base}:p", f"{base}:l", f"{base}:x:")
 
-    @property
+    @cached_property
     def budgeted(self) -> bool:
         """Whether a scope here has a budget (its permits are remembered in Redis)."""
         return any(scope.budget is not None for scope in self.scopes)
 
+    @cached_property
+    def _keys(self) -> tuple[str, ...]:
+        head = (self.permits_key, self.leases_key) if self.budgeted else ()
+        return head + tuple(
+            key for scope in self.scopes for key in scope.keys.script_keys(scope.budget is not None)
+        )
+
     def keys(self) -> list[str]:
         """The KEYS of a script call (lua/lib/args.lua); permits and leases first when budgeted."""
-        budgeted = self.budgeted
-        head = [self.permits_key, self.leases_key] if budgeted else []
-        return head + [
-            key for scope in self.scopes for key in scope.keys.script_keys(scope.budget is not None)
-        ]
+        return list(self._keys)
+
+    @cached_property
+    def lean_keys(self) -> list[bytes]:
+        """A lean part's KEYS, encoded once (never changed by a caller)."""
+        return [key.encode() for key in self._keys]
+
+    @cached_property
+    def _lean_block(self) -> tuple[list[ScriptArg], list[tuple[int, str]]]:
+        """A lean part's block with its amounts left out, and where each one goes.
+
+        The fixed arguments are encoded once: the client then packs them as
+        they are, call after call.
+        """
+        args: list[ScriptArg] = [b"%d" % len(self.scopes)]
+        slots: list[tuple[int, str]] = []
+        for scope in self.scopes:
+            args += [scope.name.encode(), b"%d" % len(scope.rates)]
+            for d in scope.rates:
+                args += [d.name.encode(), d.setting.encode()]
+                slots.append((len(args), d.name))
+                args.append(b"0")
+            args.append(b"0")
+        return args, slots
 
     def block(
         self,
@@ -66,7 +93,13 @@ class Part:
         and ``floors`` holds the spend this process has seen per budgeted
         scope, by period label; a lean part needs neither.
         """
-        args: list[ScriptArg] = [len(self.scopes)]
+        if not self.budgeted:
+            template, slots = self._lean_block
+            args = template.copy()
+            for at, name in slots:
+                args[at] = amounts.get(name, 0)
+            return args
+        args = [len(self.scopes)]
         for scope in self.scopes:
             args += scope.block(amounts, instant_us, (floors or {}).get(scope.name))
         return args

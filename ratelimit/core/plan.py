@@ -41,7 +41,7 @@ from ratelimit.core.numbers import (
     usd,
 )
 from ratelimit.core.part import Part, PermitRef, new_nonce
-from ratelimit.core.replies import alerts_of, budget_refusal, report_events, timeout_error
+from ratelimit.core.replies import budget_refusal, read_notes, timeout_error
 from ratelimit.core.results import (
     Alert,
     Booking,
@@ -49,6 +49,7 @@ from ratelimit.core.results import (
     DimensionState,
     LimiterState,
     PermitData,
+    PermitFactory,
     Settlement,
 )
 from ratelimit.core.scope import OnRedisError, ScopeSpec, validate_name
@@ -90,6 +91,9 @@ class Plan:
         # is complete before a part that keeps the permit under it is called.
         self.parts = [p for p in parts if not p.budgeted] + [p for p in parts if p.budgeted]
         self._lean = sum(not part.budgeted for part in self.parts)
+        #: One part, without a budget: an acquire is one call of acquire_rates,
+        #: which the shells make without a flow (:meth:`quick_call`).
+        self.quick = len(self.parts) == 1 and self._lean == 1
         self.budget_names = frozenset(s.budget.name for s in scopes if s.budget)
         self.rate_names = frozenset(d.name for s in scopes for d in s.rates)
         #: The rate dimensions in the order a permit id lists their reservation.
@@ -131,7 +135,7 @@ class Plan:
                 amounts[name] = value * MICRO  # the common case, exact without Decimal
             else:
                 amounts[name] = to_micro(value, f"{verb} {name!r}")
-        if len(costs) > len(amounts) or any(name not in amounts for name in costs):
+        if not costs.keys() <= amounts.keys():
             unknown = sorted(set(costs) - set(amounts))
             raise UnknownDimension(
                 f"no dimension {unknown[0]!r} here; there are {list(self._known)}"
@@ -183,26 +187,23 @@ class Plan:
         amounts: Mapping[str, int],
         tail: list[ScriptArg],
         clock_us: int,
-    ) -> Flow[list[Any]]:
-        """One script call; sent again once when its budget periods missed Redis time.
-
-        Its events are reported and the spend it saw kept as a floor.
-        """
+    ) -> Flow[tuple[list[Any], list[Alert]]]:
+        """One script call, and the alerts it reported; sent again once when its
+        budget periods missed Redis time. Its events are reported."""
         keys = part.keys()
         budgeted = part.budgeted
         instant = self._estimate(clock_us) if budgeted else 0
         for _ in range(2):
             args = [*head, *part.block(amounts, instant, self._floors), *tail]
             reply = yield ScriptCall(script, keys, args)
-            # Every reply starts {status, now_us, alerts, events, ...}.
-            if reply[3]:
-                report_events(part, reply[3])
+            # Every reply starts {status, now_us, notes, ...}.
+            alerts = read_notes(part, reply[2])
             if not budgeted:
-                return list(reply)
+                return reply, alerts
             instant = int(reply[1])
             self._observe(instant)
             if int(reply[0]) != -2:
-                return list(reply)
+                return reply, alerts
         raise BackendError("Redis time keeps moving out of the budget periods sent")
 
     def _see(self, part: Part, seen: Sequence[Any]) -> None:
@@ -222,8 +223,12 @@ class Plan:
         model: object,
         tags: Mapping[str, object] | None,
         clock_us: int,
+        make: PermitFactory = PermitData,
     ) -> Flow[Booking]:
-        """Book one admission across every part; the shell sleeps ``permit.wait_s`` after."""
+        """Book one admission across every part; the shell sleeps ``permit.wait_s`` after.
+
+        ``make`` builds the permit (the shell's own class).
+        """
         amounts = self.amounts(costs, acquire=True)
         max_wait_us = self._max_wait_us(timeout_s)
         ledger_tail: LedgerTail = []
@@ -244,7 +249,7 @@ class Plan:
                 pid = PermitRef(nonce, tuple(admits), reserved).encode()
             try:
                 if part.budgeted:
-                    reply = yield from self._call(
+                    reply, noted = yield from self._call(
                         "acquire",
                         part,
                         head=[pid, max_wait_us, self.lease_us],
@@ -252,9 +257,9 @@ class Plan:
                         tail=ledger_tail,
                         clock_us=clock_us,
                     )
-                    self._see(part, reply[5] if int(reply[0]) >= 0 else [])
+                    self._see(part, reply[4] if int(reply[0]) >= 0 else [])
                 else:
-                    reply = yield from self._call(
+                    reply, noted = yield from self._call(
                         "acquire_rates", part, head=[max_wait_us], amounts=amounts, tail=[],
                         clock_us=clock_us,
                     )  # fmt: skip
@@ -262,13 +267,13 @@ class Plan:
                 ref = PermitRef(nonce, tuple(admits), reserved)
                 error = yield from self._unavailable(exc, ref, done)
                 if error is None:
-                    return Booking(self._unbacked(nonce, amounts), None, tuple(alerts))
+                    return Booking(self._unbacked(nonce, amounts, make), None, tuple(alerts))
                 return Booking(None, error, tuple(alerts))
             code = int(reply[0])
-            alerts += alerts_of(part, reply[2])
+            alerts += noted
             if code == 1:
-                wait_us = max(wait_us, int(reply[4]))
-                admit = int(reply[1]) + int(reply[4])
+                wait_us = max(wait_us, int(reply[3]))
+                admit = int(reply[1]) + int(reply[3])
                 admitted_at = max(admitted_at, admit)
                 if not part.budgeted:
                     admits.append(admit)
@@ -277,16 +282,64 @@ class Plan:
             error_: AcquireTimeout | BudgetExceeded
             if code == 0:
                 names = [s.name for s in self.scopes]
-                error_ = timeout_error(names, int(reply[4]), timeout_s)
+                error_ = timeout_error(names, int(reply[3]), timeout_s)
             else:  # -1: a budget refused
                 error_ = budget_refusal(part, reply)
             yield from self._cancel_parts(PermitRef(nonce, tuple(admits), reserved), done)
             return Booking(None, error_, tuple(alerts))
-        pid = pid or PermitRef(nonce, tuple(admits), reserved).encode()
-        permit = PermitData(
-            pid, amounts, wait_us / MICRO, admitted_at, True, budget_names=self.budget_names
+        # Made on first use: a caller that never settles never pays for the id.
+        ident = pid or PermitRef(nonce, tuple(admits), reserved).encode
+        permit = make(
+            ident,
+            amounts,
+            wait_s=wait_us / MICRO,
+            admitted_at_us=admitted_at,
+            backed=True,
+            budget_names=self.budget_names,
         )
         return Booking(permit, None, tuple(alerts))
+
+    # -- the common case, without a flow ----------------------------------------
+    def quick_call(
+        self, costs: Mapping[str, object], timeout_s: object
+    ) -> tuple[dict[str, int], list[ScriptArg]]:
+        """A :attr:`quick` plan's acquire: its amounts and the acquire_rates ARGV.
+
+        The shell sends it to ``self.parts[0].keys()`` and reads the reply with
+        :meth:`quick_result`; on a Redis error it runs :meth:`acquire` instead,
+        which applies ``on_redis_error`` (a retried rate-only acquire may book
+        twice: it can under-admit, never over-admit).
+        """
+        amounts = self.amounts(costs, acquire=True)
+        return amounts, [self._max_wait_us(timeout_s), *self.parts[0].block(amounts)]
+
+    def quick_result(
+        self,
+        reply: Sequence[Any],
+        amounts: dict[str, int],
+        timeout_s: object,
+        make: PermitFactory = PermitData,
+    ) -> PermitData | AcquireTimeout:
+        """The permit, or the timeout, of a :meth:`quick_call` reply."""
+        part = self.parts[0]
+        if reply[2]:
+            read_notes(part, reply[2])
+        if int(reply[0]) != 1:
+            return timeout_error([part.scopes[0].name], int(reply[3]), timeout_s)
+        wait, admit = int(reply[3]), int(reply[1]) + int(reply[3])
+        order = self.rate_order
+
+        def ident() -> str:  # made on first use: most callers never settle
+            return PermitRef(new_nonce(), (admit,), tuple(amounts[d] for d in order)).encode()
+
+        return make(
+            ident,
+            amounts,
+            wait_s=wait / MICRO,
+            admitted_at_us=admit,
+            backed=True,
+            budget_names=self.budget_names,
+        )
 
     def _unavailable(
         self, exc: RedisUnavailable, ref: PermitRef, done: list[Part]
@@ -307,10 +360,16 @@ class Plan:
         error.__cause__ = exc
         return error
 
-    def _unbacked(self, nonce: str, amounts: dict[str, int]) -> PermitData:
-        lean = sum(not part.budgeted for part in self.parts)
-        ref = PermitRef(nonce, (0,) * lean, tuple(amounts[d] for d in self.rate_order))
-        return PermitData(ref.encode(), amounts, 0.0, 0, False, budget_names=self.budget_names)
+    def _unbacked(self, nonce: str, amounts: dict[str, int], make: PermitFactory) -> PermitData:
+        ref = PermitRef(nonce, (0,) * self._lean, tuple(amounts[d] for d in self.rate_order))
+        return make(
+            ref.encode(),
+            amounts,
+            wait_s=0.0,
+            admitted_at_us=0,
+            backed=False,
+            budget_names=self.budget_names,
+        )
 
     def _cancel_parts(
         self, ref: PermitRef, parts: list[Part], *, quiet: bool = False
@@ -413,19 +472,14 @@ class Plan:
         overshoot: dict[str, Decimal] = {}
         alerts: list[Alert] = []
         for part in self.parts:
-            figures = " ".join(
-                f"{j}:{d.name}:{remaining[d.name]}"
-                for j, scope in enumerate(part.scopes, 1)
-                for d in scope.rates
-                if d.name in remaining
-            )
-            reply = yield from self._end(
+            figures = self._figures(part, remaining)
+            reply, noted = yield from self._end(
                 part, ref, pid, amounts, ledger_tail=ledger_tail, figures=figures,
                 clock_us=clock_us,
             )  # fmt: skip
             applied = applied or int(reply[0]) == 1
-            alerts += alerts_of(part, reply[2])
-            for j, nano in reply[4]:
+            alerts += noted
+            for j, nano in reply[3] if len(reply) > 3 else ():
                 overshoot[part.scopes[int(j) - 1].name] = usd(int(nano))
         if overshoot:
             log.warning("permit %s cost more than it reserved: %s", pid, overshoot)
@@ -441,10 +495,10 @@ class Plan:
         ledger_tail: LedgerTail,
         figures: str,
         clock_us: int,
-    ) -> Flow[list[Any]]:
-        """One part's settle (or cancel: all amounts 0)."""
+    ) -> Flow[tuple[list[Any], list[Alert]]]:
+        """One part's settle (or cancel: all amounts 0), and the alerts it reported."""
         if part.budgeted:
-            reply = yield from self._call(
+            reply, alerts = yield from self._call(
                 "settle",
                 part,
                 head=[pid],
@@ -452,18 +506,64 @@ class Plan:
                 tail=[*ledger_tail, figures],
                 clock_us=clock_us,
             )
-            self._see(part, reply[5] if int(reply[0]) >= 0 else [])
-            return reply
+            self._see(part, reply[4] if int(reply[0]) >= 0 else [])
+            return reply, alerts
         # Lean: Redis gets back what the permit did not use (or a debt).
         reserved = dict(zip(self.rate_order, ref.reserved_micro, strict=True))
+        admit = ref.admits_us[self.parts.index(part)]  # lean parts come first
+        call = self._lean_settle(part, ref.nonce, admit, reserved, amounts=amounts, figures=figures)
+        reply = yield call
+        return reply, read_notes(part, reply[2])
+
+    def _lean_settle(
+        self,
+        part: Part,
+        nonce: str,
+        admit: int,
+        reserved: Mapping[str, int],
+        *,
+        amounts: Mapping[str, int],
+        figures: str,
+    ) -> ScriptCall:
+        """A lean part's settle: Redis gets back what the permit did not use (or a debt)."""
         back = {d: 0 if a < 0 else reserved[d] - a for d, a in amounts.items() if d in reserved}
-        admit = ref.admits_us[self.parts.index(part)]
-        keys = [part.marker_prefix + ref.nonce, *part.keys()]
+        keys = [(part.marker_prefix + nonce).encode(), *part.lean_keys]
         args = [admit, admit + self.lease_us, figures, *part.block(back)]
-        reply = yield ScriptCall("settle_rates", keys, args)
-        if reply[3]:
-            report_events(part, reply[3])
-        return list(reply)
+        return ScriptCall("settle_rates", keys, args)
+
+    @staticmethod
+    def _figures(part: Part, remaining: Mapping[str, int]) -> str:
+        """What the provider says is left, as a settle sends it: "<j>:<dim>:<micro> ..."."""
+        return " ".join(
+            f"{j}:{d.name}:{remaining[d.name]}"
+            for j, scope in enumerate(part.scopes, 1)
+            for d in scope.rates
+            if d.name in remaining
+        )
+
+    def quick_settle(
+        self,
+        permit_id: str,
+        admitted_at_us: int,
+        reserved_micro: Mapping[str, int],
+        actual: Mapping[str, object],
+        *,
+        remaining: Mapping[str, object] | None,
+    ) -> ScriptCall:
+        """A :attr:`quick` plan's settle of a permit this process holds, without
+        a flow (its reservation and admission are at hand); read the reply with
+        :meth:`quick_settled`. Without labels only: they go through :meth:`settle`."""
+        nonce = self._ref(permit_id).nonce
+        amounts = self.amounts(actual, acquire=False)
+        figures = self._figures(self.parts[0], self._remaining(remaining or {}))
+        return self._lean_settle(
+            self.parts[0], nonce, admitted_at_us, reserved_micro, amounts=amounts, figures=figures
+        )
+
+    def quick_settled(self, reply: Sequence[Any]) -> Settlement:
+        """The outcome of a :meth:`quick_settle` (or cancel) reply."""
+        read_notes(self.parts[0], reply[2])
+        return Settlement("settled" if int(reply[0]) == 1 else "unknown")
 
     # -- provider feedback -------------------------------------------------------
     def observe(
@@ -475,7 +575,7 @@ class Plan:
         retry_us = 0 if retry_after_s is None else scaled(retry_after_s, "retry_after", MICRO)
         lowered = 0
         for part in self.parts:
-            reply = yield from self._call(
+            reply, _ = yield from self._call(
                 "observe",
                 part,
                 head=[1 if part.budgeted else 0],
@@ -483,7 +583,7 @@ class Plan:
                 tail=[retry_us],
                 clock_us=clock_us,
             )
-            lowered += int(reply[4])
+            lowered += int(reply[3])
         return lowered
 
     def record_saving(
@@ -508,10 +608,10 @@ class Plan:
         for part in self.parts:
             if not part.budgeted:
                 continue
-            reply = yield from self._call(
+            reply, _ = yield from self._call(
                 "record", part, head=[new_nonce()], amounts=amounts, tail=tail, clock_us=clock_us
             )
-            recorded += int(reply[4])
+            recorded += int(reply[3])
         return recorded
 
     # -- state -----------------------------------------------------------------
@@ -521,7 +621,7 @@ class Plan:
         alerts: list[Alert] = []
         prefix = len(self.scopes) > 1
         for part in self.parts:
-            reply = yield from self._call(
+            reply, noted = yield from self._call(
                 "state",
                 part,
                 head=[1 if part.budgeted else 0],
@@ -529,8 +629,8 @@ class Plan:
                 tail=[],
                 clock_us=clock_us,
             )
-            alerts += alerts_of(part, reply[2])
-            rates, budgets = iter(reply[4]), iter(reply[5])
+            alerts += noted
+            rates, budgets = iter(reply[3]), iter(reply[4])
             seen = []
             for j, scope in enumerate(part.scopes, 1):
                 label = f"{scope.name}." if prefix else ""

@@ -1,10 +1,10 @@
 """Reading what the scripts reply: alerts, events, refusals and the spend seen.
 
-Every reply starts ``{status, now_us, alerts, events, ...}``
-(lua/lib/args.lua). Alerts become :class:`Alert` objects for the caller;
-events are what this process must tell its operator: rates that disagree
-between processes, a budget whose spend Redis lost, alerts it could not
-publish.
+Every reply starts ``{status, now_us, notes, ...}`` (lua/lib/args.lua);
+notes, when there are any, hold alerts and events. Alerts become
+:class:`Alert` objects for the caller; events are what this process must
+tell its operator: rates that disagree between processes, a budget whose
+spend Redis lost, alerts it could not publish.
 """
 
 from __future__ import annotations
@@ -32,6 +32,16 @@ def _once(key: tuple[object, ...]) -> bool:
         return False
     _said.add(key)
     return True
+
+
+def read_notes(part: Part, notes: Sequence[Any] | None) -> list[Alert]:
+    """A reply's notes: its events reported, its alerts returned."""
+    if not notes:
+        return []
+    raw_alerts, events = notes
+    if events:
+        report_events(part, events)
+    return alerts_of(part, raw_alerts)
 
 
 def alerts_of(part: Part, raw: Sequence[Any]) -> list[Alert]:
@@ -97,13 +107,13 @@ def report_events(part: Part, raw: Sequence[Any]) -> None:
 
 
 def budget_refusal(part: Part, reply: Sequence[Any]) -> BudgetExceeded:
-    """The error of an acquire a budget refused: ``{-1, now, alerts, events, j, ...}``."""
-    scope = part.scopes[int(reply[4]) - 1]
+    """The error of an acquire a budget refused: ``{-1, now, notes, j, ...}``."""
+    scope = part.scopes[int(reply[3]) - 1]
     if scope.budget is None:  # pragma: no cover - the script names a budgeted scope
         raise BackendError(f"unexpected budget refusal {reply!r}")
     budget = scope.budget.budget
-    spent, reserved, limit = usd(int(reply[5])), usd(int(reply[6])), usd(int(reply[7]))
-    resets_at = datetime.fromtimestamp(int(reply[8]) / MICRO, budget.zone)
+    spent, reserved, limit = usd(int(reply[4])), usd(int(reply[5])), usd(int(reply[6]))
+    resets_at = datetime.fromtimestamp(int(reply[7]) / MICRO, budget.zone)
     return BudgetExceeded(
         f"the ${limit} per {budget.per} budget of {scope.name!r} cannot take this: "
         f"${spent} spent and ${reserved} reserved; it resets at {resets_at.isoformat()}",

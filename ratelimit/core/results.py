@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, Protocol
 
 from ratelimit.core.numbers import MICRO, NANO
 from ratelimit.core.settings import Period
@@ -120,12 +121,23 @@ class Settlement:
         return self.status == "settled"
 
 
-@dataclass
 class PermitData:
-    """What a permit holds: its id, its reservation and its place in line."""
+    """What a permit holds: its id, its reservation and its place in line.
 
-    id: str
-    """Opaque id; ``limiter.settle(id, ...)`` settles the permit from any process."""
+    The id is made on first use: a caller that never settles never pays for it.
+    """
+
+    __slots__ = (
+        "_id",
+        "_make_id",
+        "admitted_at_us",
+        "backed",
+        "budget_names",
+        "reserved_micro",
+        "settlement",
+        "wait_s",
+    )
+
     reserved_micro: dict[str, int]
     """Reserved cost per rate dimension in micro-units, and per budget in nano-dollars."""
     wait_s: float
@@ -134,9 +146,35 @@ class PermitData:
     """Redis time (microseconds since the epoch) at which the permit was admitted."""
     backed: bool
     """False for a permit granted unmetered while Redis was unreachable."""
-    settlement: Settlement | None = None
+    settlement: Settlement | None
     """The outcome of this permit's settle or cancel, once one was made here."""
-    budget_names: frozenset[str] = frozenset()
+    budget_names: frozenset[str]
+
+    def __init__(
+        self,
+        ident: str | Callable[[], str],
+        reserved_micro: dict[str, int],
+        *,
+        wait_s: float,
+        admitted_at_us: int,
+        backed: bool,
+        budget_names: frozenset[str] = frozenset(),
+    ) -> None:
+        self._id: str | None = ident if isinstance(ident, str) else None
+        self._make_id: Callable[[], str] | None = None if isinstance(ident, str) else ident
+        self.reserved_micro = reserved_micro
+        self.wait_s = wait_s
+        self.admitted_at_us = admitted_at_us
+        self.backed = backed
+        self.budget_names = budget_names
+        self.settlement = None
+
+    @property
+    def id(self) -> str:
+        """Opaque id; ``limiter.settle(id, ...)`` settles the permit from any process."""
+        if self._id is None:
+            self._id = self._make_id()  # type: ignore[misc]  # set when _id is not
+        return self._id
 
     @property
     def reserved(self) -> dict[str, Decimal]:
@@ -145,6 +183,28 @@ class PermitData:
             name: Decimal(amount) / (NANO if name in self.budget_names else MICRO)
             for name, amount in self.reserved_micro.items()
         }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(id={self.id!r}, reserved_micro={self.reserved_micro!r}, "
+            f"wait_s={self.wait_s!r}, admitted_at_us={self.admitted_at_us!r}, "
+            f"backed={self.backed!r}, settlement={self.settlement!r})"
+        )
+
+
+class PermitFactory(Protocol):
+    """Builds the permit an acquire returns (the shells' own Permit class)."""
+
+    def __call__(
+        self,
+        ident: str | Callable[[], str],
+        reserved_micro: dict[str, int],
+        *,
+        wait_s: float,
+        admitted_at_us: int,
+        backed: bool,
+        budget_names: frozenset[str],
+    ) -> PermitData: ...
 
 
 @dataclass(frozen=True)

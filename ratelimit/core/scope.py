@@ -56,6 +56,11 @@ class RateDim:
     num: int
     den: int
 
+    @property
+    def setting(self) -> str:
+        """``"<cap>:<num>:<den>"``, as the scripts store and compare it (lua/lib/rates.lua)."""
+        return f"{self.capacity_micro}:{self.num}:{self.den}"
+
 
 @dataclass(frozen=True)
 class BudgetDim:
@@ -154,7 +159,7 @@ class ScopeSpec:
         """
         args: list[ScriptArg] = [self.name, len(self.rates)]
         for d in self.rates:
-            args += [d.name, d.capacity_micro, d.num, d.den, amounts.get(d.name, 0)]
+            args += [d.name, d.setting, amounts.get(d.name, 0)]
         b = self.budget
         if b is None:
             return [*args, 0]
