@@ -1,0 +1,94 @@
+"""The fault topologies of the ``topology`` package do what they say, on real servers.
+
+These tests prove the test infrastructure, not the library: each builds one
+topology, breaks it the way the fail-closed tests will, and checks the fault
+really happened (data lost or kept, a new primary, a refused login...).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import redis
+import redis.exceptions
+import topology.server
+from topology import (
+    Server,
+    ServerFactory,
+    TlsFiles,
+    TopologyError,
+    wait_for,
+)
+
+from ratelimit.server import free_port
+
+
+def test_a_restart_keeps_the_port_and_only_an_aof_keeps_the_data(
+    start_server: ServerFactory,
+) -> None:
+    volatile = start_server()
+    durable = start_server("--appendonly", "yes", "--appendfsync", "always")
+    clients = {server: server.client() for server in (volatile, durable)}
+    for server, client in clients.items():
+        client.set("k", "v")
+        port = server.port
+        server.restart(graceful=False)  # a crash: only what reached the disk is back
+        assert server.port == port
+    # The clients made before the crash reconnect by themselves (same port).
+    assert clients[volatile].get("k") is None
+    assert clients[durable].get("k") == b"v"
+
+    durable.config_set("appendfsync", "everysec")
+    clients[durable].set("k2", "v2")
+    durable.restart()  # SIGTERM: the server flushes its AOF before it exits
+    assert clients[durable].get("k2") == b"v2"
+    assert durable.info("persistence")["loading"] == 0
+    for client in clients.values():
+        client.close()
+
+
+def test_a_port_taken_before_the_first_start_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1], free_port()])
+        monkeypatch.setattr(topology.server, "free_port", lambda: next(ports))
+        with Server() as server:
+            assert server.port != taken.getsockname()[1]
+            assert server.role() == "master"
+
+
+def test_a_server_that_cannot_start_leaves_nothing_behind() -> None:
+    server = Server("--no-such-option", "1")
+    with pytest.raises(TopologyError, match="no-such-option"), server:
+        pass
+    assert not server.running
+    assert not server.workdir.exists()
+
+
+def test_a_paused_server_answers_nothing_until_resumed(start_server: ServerFactory) -> None:
+    server = start_server()
+    client = server.client(socket_timeout=0.3, retry=None)
+    server.pause()
+    with pytest.raises(redis.exceptions.TimeoutError):
+        client.ping()
+    server.resume()
+    assert wait_for(client.ping, "the resumed server to answer")
+    client.close()
+
+
+def test_tls_verifies_with_its_ca_and_fails_with_another(
+    tls_redis: Server, tls_certificates: TlsFiles
+) -> None:
+    client = redis.Redis.from_url(tls_redis.url)
+    assert client.ping()
+    client.close()
+
+    other_ca_url = tls_redis.url_for(ca_cert=tls_certificates.other_ca_cert)
+    stranger = redis.Redis.from_url(other_ca_url, retry=None)
+    with pytest.raises(redis.exceptions.ConnectionError, match=r"(?i)certificate verify failed"):
+        stranger.ping()
+    stranger.close()
