@@ -20,6 +20,8 @@ import pytest
 import redis
 import redis.asyncio
 from topology import (
+    ReplicaPair,
+    SentinelTopology,
     Server,
     ServerFactory,
     TlsFiles,
@@ -89,6 +91,20 @@ def start_server() -> Iterator[ServerFactory]:
             return stack.enter_context(Server(*options, tls=tls))
 
         yield start
+
+
+@pytest.fixture
+def replica_pair() -> Iterator[ReplicaPair]:
+    """A primary and its caught-up replica."""
+    with ReplicaPair() as pair:
+        yield pair
+
+
+@pytest.fixture
+def sentinel_topology() -> Iterator[SentinelTopology]:
+    """A primary, one replica and three sentinels agreeing on them."""
+    with SentinelTopology() as topology:
+        yield topology
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ import redis
 import redis.exceptions
 import topology.server
 from topology import (
+    ReplicaPair,
+    SentinelTopology,
     Server,
     ServerFactory,
     TlsFiles,
@@ -78,6 +80,63 @@ def test_a_paused_server_answers_nothing_until_resumed(start_server: ServerFacto
     server.resume()
     assert wait_for(client.ping, "the resumed server to answer")
     client.close()
+
+
+def test_a_replica_pair_splits_its_brain(replica_pair: ReplicaPair) -> None:
+    primary = replica_pair.primary.client()
+    replica = replica_pair.replica.client()
+    primary.set("k", "before")
+    replica_pair.wait_synced()
+    assert replica.get("k") == b"before"
+
+    replica_pair.kill_primary()
+    replica_pair.promote_replica()
+    replica_pair.revive_old_primary()
+    # Two primaries that both take writes, neither seeing the other's.
+    assert replica_pair.primary.role() == replica_pair.replica.role() == "master"
+    primary.set("k", "old side")
+    replica.set("k", "new side")
+    assert (primary.get("k"), replica.get("k")) == (b"old side", b"new side")
+    primary.close()
+    replica.close()
+
+
+@pytest.mark.slow
+def test_a_sentinel_failover_moves_the_primary(sentinel_topology: SentinelTopology) -> None:
+    sentinel = sentinel_topology.sentinel_client()
+    client = sentinel_topology.master_client()
+    before = sentinel_topology.master_address()
+    client.set("k", "v")
+    sentinel_topology.wait_healthy()  # the replica has it before the switch
+
+    after = sentinel_topology.failover()
+    assert after != before
+    assert sentinel.discover_master(sentinel_topology.master_name) == after  # type: ignore[no-untyped-call]
+    assert sentinel_topology.server_at(before).role() == "slave"
+    # The same client reconnects to the new primary: it has the data and takes writes.
+    assert client.get("k") == b"v"
+    assert client.set("after", "w")
+    new_primary = sentinel_topology.server_at(after).client()
+    assert new_primary.get("after") == b"w"
+    new_primary.close()
+    client.close()
+
+
+@pytest.mark.slow
+def test_a_stale_primary_refuses_writes_with_min_replicas() -> None:
+    with SentinelTopology(replicas=2, min_replicas_to_write=1) as topology:
+        killed = topology.kill_primary()
+        topology.wait_healthy()  # the other replica now follows the new primary
+        new_primary = topology.primary().client()
+        assert new_primary.set("k", "v")
+
+        killed.start()  # back on its port, a primary again, with no replica
+        stale = killed.client()
+        assert killed.role() == "master"
+        with pytest.raises(redis.exceptions.ResponseError, match="NOREPLICAS"):
+            stale.set("k", "lost")
+        stale.close()
+        new_primary.close()
 
 
 def test_tls_verifies_with_its_ca_and_fails_with_another(

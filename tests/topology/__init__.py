@@ -24,6 +24,8 @@ binary skips the test with the reason.
 One module per topology; everything a test needs is importable from here.
 """
 
+from topology.replication import ReplicaPair, wait_replicas_caught_up
+from topology.sentinel import SentinelProcess, SentinelTopology
 from topology.server import Server, ServerFactory, ServerGroup
 from topology.tls import TlsFiles, tls_files, tls_server
 from topology.waiting import (
@@ -38,6 +40,9 @@ from topology.waiting import (
 __all__ = [
     "ADMIN_TIMEOUT_S",
     "DEADLINE_S",
+    "ReplicaPair",
+    "SentinelProcess",
+    "SentinelTopology",
     "Server",
     "ServerFactory",
     "ServerGroup",
@@ -48,4 +53,5 @@ __all__ = [
     "tls_files",
     "tls_server",
     "wait_for",
+    "wait_replicas_caught_up",
 ]
