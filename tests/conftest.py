@@ -20,6 +20,7 @@ import pytest
 import redis
 import redis.asyncio
 from topology import (
+    ClusterTopology,
     ReplicaPair,
     SentinelTopology,
     Server,
@@ -105,6 +106,13 @@ def sentinel_topology() -> Iterator[SentinelTopology]:
     """A primary, one replica and three sentinels agreeing on them."""
     with SentinelTopology() as topology:
         yield topology
+
+
+@pytest.fixture
+def cluster_topology() -> Iterator[ClusterTopology]:
+    """A healthy cluster: three primaries, each with a linked replica."""
+    with ClusterTopology() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import redis
 import redis.exceptions
 import topology.server
 from topology import (
+    ClusterTopology,
     ReplicaPair,
     SentinelTopology,
     Server,
@@ -137,6 +138,25 @@ def test_a_stale_primary_refuses_writes_with_min_replicas() -> None:
             stale.set("k", "lost")
         stale.close()
         new_primary.close()
+
+
+@pytest.mark.slow
+def test_a_cluster_keeps_serving_a_key_when_its_primary_dies(
+    cluster_topology: ClusterTopology,
+) -> None:
+    client = cluster_topology.client()
+    client.set("{quota}:k", "v")
+    cluster_topology.wait_replicated()
+
+    killed = cluster_topology.kill_primary_of("{quota}:k")
+    assert cluster_topology.primary_of("{quota}:k") is not killed
+    assert client.get("{quota}:k") == b"v"
+    assert client.set("{quota}:k", "w")
+
+    killed.start()  # it rejoins as the replica of the node that took over
+    cluster_topology.wait_healthy()
+    assert killed.role() == "slave"
+    client.close()
 
 
 def test_tls_verifies_with_its_ca_and_fails_with_another(

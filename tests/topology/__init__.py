@@ -24,6 +24,7 @@ binary skips the test with the reason.
 One module per topology; everything a test needs is importable from here.
 """
 
+from topology.cluster import ClusterNodeView, ClusterTopology, cluster_view
 from topology.replication import ReplicaPair, wait_replicas_caught_up
 from topology.sentinel import SentinelProcess, SentinelTopology
 from topology.server import Server, ServerFactory, ServerGroup
@@ -40,6 +41,8 @@ from topology.waiting import (
 __all__ = [
     "ADMIN_TIMEOUT_S",
     "DEADLINE_S",
+    "ClusterNodeView",
+    "ClusterTopology",
     "ReplicaPair",
     "SentinelProcess",
     "SentinelTopology",
@@ -49,6 +52,7 @@ __all__ = [
     "TlsFiles",
     "TopologyError",
     "as_dict",
+    "cluster_view",
     "command",
     "tls_files",
     "tls_server",
