@@ -15,12 +15,16 @@ import redis.exceptions
 import topology.server
 from topology import (
     ClusterTopology,
+    MaxmemoryPolicy,
     ReplicaPair,
     SentinelTopology,
     Server,
     ServerFactory,
     TlsFiles,
     TopologyError,
+    acl_user,
+    fill_memory,
+    maxmemory_server,
     wait_for,
 )
 
@@ -159,6 +163,25 @@ def test_a_cluster_keeps_serving_a_key_when_its_primary_dies(
     client.close()
 
 
+def test_an_acl_user_runs_only_what_its_rules_allow(start_server: ServerFactory) -> None:
+    server = start_server()
+    rules = ("~rl:v1:*", "resetchannels", "-@all", "+eval", "+evalsha", "+set", "+get")
+    with acl_user(server, "limited", *rules) as user:
+        client = redis.Redis.from_url(user.url)
+        assert client.eval("return redis.call('SET', KEYS[1], 'x')", 1, "rl:v1:a") == b"OK"
+        assert client.get("rl:v1:a") == b"x"
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.flushall()  # not among its commands
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.get("other")  # nor is this key among its keys
+        client.close()
+
+        intruder = redis.Redis.from_url(user.wrong_password_url)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            intruder.ping()
+        intruder.close()
+
+
 def test_tls_verifies_with_its_ca_and_fails_with_another(
     tls_redis: Server, tls_certificates: TlsFiles
 ) -> None:
@@ -171,3 +194,16 @@ def test_tls_verifies_with_its_ca_and_fails_with_another(
     with pytest.raises(redis.exceptions.ConnectionError, match=r"(?i)certificate verify failed"):
         stranger.ping()
     stranger.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "ttl_s", "evicts"),
+    [("volatile-lru", 3600, True), ("volatile-lru", None, False), ("noeviction", 3600, False)],
+)
+def test_a_full_server_evicts_or_refuses(
+    policy: MaxmemoryPolicy, ttl_s: int | None, evicts: bool
+) -> None:
+    with maxmemory_server(policy) as server:
+        result = fill_memory(server, ttl_s=ttl_s)
+        assert result.keys_written > 0
+        assert (result.evicted_keys > 0, result.out_of_memory) == (evicts, not evicts)

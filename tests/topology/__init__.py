@@ -24,7 +24,9 @@ binary skips the test with the reason.
 One module per topology; everything a test needs is importable from here.
 """
 
+from topology.acl import AclUser, acl_user
 from topology.cluster import ClusterNodeView, ClusterTopology, cluster_view
+from topology.memory import FillResult, MaxmemoryPolicy, fill_memory, maxmemory_server
 from topology.replication import ReplicaPair, wait_replicas_caught_up
 from topology.sentinel import SentinelProcess, SentinelTopology
 from topology.server import Server, ServerFactory, ServerGroup
@@ -41,8 +43,11 @@ from topology.waiting import (
 __all__ = [
     "ADMIN_TIMEOUT_S",
     "DEADLINE_S",
+    "AclUser",
     "ClusterNodeView",
     "ClusterTopology",
+    "FillResult",
+    "MaxmemoryPolicy",
     "ReplicaPair",
     "SentinelProcess",
     "SentinelTopology",
@@ -51,9 +56,12 @@ __all__ = [
     "ServerGroup",
     "TlsFiles",
     "TopologyError",
+    "acl_user",
     "as_dict",
     "cluster_view",
     "command",
+    "fill_memory",
+    "maxmemory_server",
     "tls_files",
     "tls_server",
     "wait_for",
