@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -23,6 +23,7 @@ from redis.commands.core import AsyncScript
 from ratelimit import ledger, scripts
 from ratelimit.backend import backend_error
 from ratelimit.backend import connect_async as connect
+from ratelimit.batching import ScriptBatcher, batcher_for
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
 from ratelimit.core.calls import Flow, ScriptCall
 from ratelimit.core.entries import UsagePricer
@@ -41,9 +42,16 @@ R = TypeVar("R")
 
 
 async def drive(
-    client: AsyncClient, flow: Flow[R], scripts: Mapping[str, AsyncScript] | None = None
+    client: AsyncClient,
+    flow: Flow[R],
+    scripts: Mapping[str, AsyncScript] | None = None,
+    batcher: ScriptBatcher | None = None,
 ) -> R:
-    """Asyncio twin of :func:`ratelimit.limiter.drive`."""
+    """Asyncio twin of :func:`ratelimit.limiter.drive`.
+
+    With a ``batcher``, script calls that meet other tasks' on the wire go
+    out together in one pipeline (:mod:`ratelimit.batching`).
+    """
     try:
         call = next(flow)
         while True:
@@ -51,7 +59,11 @@ async def drive(
                 if isinstance(call, ScriptCall):
                     if scripts is None:
                         raise TypeError(f"no scripts to run {call.script!r} with")
-                    reply = await scripts[call.script](keys=call.keys, args=call.args)
+                    script = scripts[call.script]
+                    if batcher is None:
+                        reply = await script(keys=call.keys, args=call.args)
+                    else:
+                        reply = await batcher.call(script, call.keys, call.args)
                 else:
                     reply = await getattr(client, call.method)(*call.args, **call.kwargs)
             except redis.exceptions.RedisError as exc:
@@ -70,12 +82,19 @@ class _Shell(LimiterBase):
 
     client: AsyncClient
     _scripts: dict[str, AsyncScript]
+    _batcher: ScriptBatcher | None
 
     def _default_pricer(self) -> UsagePricer:
         return Pricing.default()
 
     async def _drive(self, flow: Flow[R]) -> R:
-        return await drive(self.client, flow, self._scripts)
+        return await drive(self.client, flow, self._scripts, self._batcher)
+
+    async def _run(self, script: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One script call, batched with other tasks' when they meet on the wire."""
+        if self._batcher is None:
+            return await self._scripts[script](keys=keys, args=args)
+        return await self._batcher.call(self._scripts[script], keys, args)
 
     def _permit(
         self,
@@ -120,9 +139,7 @@ class _Shell(LimiterBase):
         if plan.quick and model is None and tags is None:
             amounts, args = plan.quick_call(costs, timeout_s)
             try:
-                reply = await self._scripts["acquire_rates"](
-                    keys=plan.parts[0].lean_keys, args=args
-                )
+                reply = await self._run("acquire_rates", plan.parts[0].lean_keys, args)
             except redis.exceptions.RedisError:
                 pass  # the flow below tries again, and applies on_redis_error
             else:
@@ -271,6 +288,9 @@ class Limiter(_Shell):
             script: self.client.register_script(scripts.source(script))
             for script in scripts.SCRIPT_NAMES
         }
+        # A cluster client routes each call to its slot's node: no batching there.
+        client = self.client
+        self._batcher = batcher_for(client) if isinstance(client, redis.asyncio.Redis) else None
 
     async def ledger_entries(
         self,
@@ -306,6 +326,7 @@ class LimiterGroup(_Shell):
         self.limiters = limiters
         self.client = limiters[0].client
         self._scripts = limiters[0]._scripts
+        self._batcher = limiters[0]._batcher
 
 
 class Permit(PermitData):
@@ -373,7 +394,7 @@ class Permit(PermitData):
             self.id, self.admitted_at_us, self.reserved_micro, actual, remaining=remaining
         )
         try:
-            reply = await self.limiter._scripts[call.script](keys=call.keys, args=call.args)
+            reply = await self.limiter._run(call.script, call.keys, call.args)
         except redis.exceptions.RedisError:
             # The flow tries again (the settle marker makes a repeat count once)
             # and reports the error as every settle does.
