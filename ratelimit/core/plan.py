@@ -553,7 +553,7 @@ class Plan:
         """A :attr:`quick` plan's settle of a permit this process holds, without
         a flow (its reservation and admission are at hand); read the reply with
         :meth:`quick_settled`. Without labels only: they go through :meth:`settle`."""
-        nonce = self._ref(permit_id).nonce
+        nonce = permit_id.partition(".")[0]  # the rest is at hand
         amounts = self.amounts(actual, acquire=False)
         figures = self._figures(self.parts[0], self._remaining(remaining or {}))
         return self._lean_settle(
