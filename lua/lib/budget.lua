@@ -14,22 +14,16 @@
 -- known: the floor, or, when the key is missing, the period's spend counters
 -- if they survived. A "restored" event tells the client to log it.
 
--- The [start, end) and label of the period holding `now`, or nil when the
--- client sent boundaries around a different time (its clock is far off).
-local function period_of(p, now)
-  for i = 1, 3 do
-    if p[i] <= now and now < p[i + 1] then return p[i], p[i + 1], p[i + 4] end
-  end
-  return nil
-end
-
--- Whether every budget's periods and days hold `now`: checked before a
--- script writes anything, so that a client whose clock is far off (status
--- -2) changes nothing at all.
+-- Whether every budget's period and day sent ({start, end, label}) hold
+-- `now`: checked before a script writes anything, so that a client whose
+-- clock is off (status -2) changes nothing at all.
 local function periods_hold(scopes, now)
   for _, scope in ipairs(scopes) do
     local b = scope.budget
-    if b and not (period_of(b.periods, now) and period_of(b.days, now)) then return false end
+    if b and not (b.period[1] <= now and now < b.period[2] and b.day[1] <= now and now < b.day[2])
+    then
+      return false
+    end
   end
   return true
 end
@@ -47,16 +41,14 @@ local function counted_spend(scope, label)
   return total
 end
 
--- A budget's state for the period holding `now`, or nil when the periods
--- sent do not hold it.
-local function load_budget(scope, now, events)
+-- A budget's state for the period sent (which the caller has checked holds
+-- now, lib/budget.lua periods_hold).
+local function load_budget(scope, events)
   local b = scope.budget
-  local start, stop, label = period_of(b.periods, now)
-  if not start then return nil end
+  local start, stop, label = b.period[1], b.period[2], b.period[3]
   local raw = redis.call('GET', scope.budget_key)
   local st = { start = start, stop = stop, label = label, spent = 0, reserved = 0, fired = 0 }
-  local floor = 0
-  if label == b.periods[6] then floor = b.floor end
+  local floor = b.floor
   if raw then
     local p, spent, reserved, fired = string.match(raw, '^(%d+) %d+ (%d+) (%d+) (%d+)')
     st.reserved = tonumber(reserved)
