@@ -47,7 +47,7 @@ local admit = admission_time(scopes, now)
 for _, scope in ipairs(scopes) do
   local b = scope.budget
   if b then
-    local st = load_budget(scope, out.events)
+    local st = load_budget(scope, now, out.events)
     if b.amount > 0 and st.spent + st.reserved + b.amount > b.limit then
       return { -1, now, notes(out.alerts, out.events), scope.j, string.format('%d', st.spent),
         string.format('%d', st.reserved), string.format('%d', b.limit),

@@ -35,7 +35,7 @@ for _, scope in ipairs(scopes) do
     rates[#rates + 1] = { level, d.cap, d.num, d.den }
   end
   if scope.budget then
-    local st = load_budget(scope, out.events)
+    local st = load_budget(scope, now, out.events)
     budgets[#budgets + 1] = { string.format('%d', st.spent), string.format('%d', st.reserved),
       string.format('%d', st.stop) }
   end

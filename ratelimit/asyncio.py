@@ -8,7 +8,9 @@ same flows of :mod:`ratelimit.core`; only the I/O differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -20,8 +22,8 @@ import redis.asyncio.cluster
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ratelimit import ledger, scripts
-from ratelimit.backend import backend_error
+from ratelimit import deployment, ledger, scripts
+from ratelimit.backend import FailoverWait, backend_error
 from ratelimit.backend import connect_async as connect
 from ratelimit.batching import ScriptBatcher, batcher_for
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
@@ -31,7 +33,8 @@ from ratelimit.core.plan import log
 from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
 from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
 from ratelimit.core.settings import Retention
-from ratelimit.errors import AcquireTimeout
+from ratelimit.deployment import Verdict
+from ratelimit.errors import AcquireTimeout, RedisMisconfigured, RedisRefused, RedisUnavailable
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
 
@@ -52,6 +55,7 @@ async def drive(
     With a ``batcher``, script calls that meet other tasks' on the wire go
     out together in one pipeline (:mod:`ratelimit.batching`).
     """
+    failover = FailoverWait()
     try:
         call = next(flow)
         while True:
@@ -67,6 +71,10 @@ async def drive(
                 else:
                     reply = await getattr(client, call.method)(*call.args, **call.kwargs)
             except redis.exceptions.RedisError as exc:
+                pause = failover.next_pause(exc)
+                if pause is not None:
+                    await asyncio.sleep(pause)
+                    continue  # the same call again, to the new primary
                 error = backend_error(exc)
                 error.__cause__ = exc
                 call = flow.throw(error)
@@ -77,12 +85,20 @@ async def drive(
         return result
 
 
+#: The clients (and kinds of scope: with a budget or not) whose deployment was
+#: checked in this process.
+_checked_clients: weakref.WeakKeyDictionary[Any, set[bool]] = weakref.WeakKeyDictionary()
+
+
 class _Shell(LimiterBase):
     """Asyncio twin of the sync shell: what a Limiter and a LimiterGroup share."""
 
     client: AsyncClient
     _scripts: dict[str, AsyncScript]
     _batcher: ScriptBatcher | None
+
+    _deployment_ok = False
+    _check_lock: asyncio.Lock | None = None
 
     def _default_pricer(self) -> UsagePricer:
         return Pricing.default()
@@ -128,6 +144,61 @@ class _Shell(LimiterBase):
             except Exception:
                 log.exception("the on_alert callback failed for %s", alert)
 
+    async def check_deployment(self) -> list[Verdict]:
+        """Check the server against what the limiter's promises need.
+
+        Logs a ``WARNING`` for each problem (an eviction policy that can take
+        the limiter's keys, budgets without AOF, an old server, replicas
+        without ``min-replicas-to-write``) and returns every verdict. Raises
+        :class:`~ratelimit.errors.RedisMisconfigured` when the Redis user may
+        not run a command the scripts need. It runs by itself before a
+        client's first admission; ``ratelimit doctor`` runs it from a shell.
+        """
+        kind = bool(self._plan.budget_names)
+        verdicts: list[Verdict] = []
+        try:
+            info = await self.client.info()
+        except redis.exceptions.RedisError as exc:
+            error = backend_error(exc)
+            if isinstance(error, RedisUnavailable | RedisRefused):
+                raise error from exc
+            # A managed service (or fakeredis) may not allow INFO: say so, and go on.
+            verdicts.append(Verdict("server", None, f"INFO is not available: {exc}"))
+        else:
+            for node in deployment.nodes(info):
+                verdicts += deployment.server_verdicts(node, budgets=kind)
+        keys, args = self._check_call()
+        try:
+            denied = await self._scripts["check"](keys=keys, args=args)
+        except redis.exceptions.RedisError as exc:
+            raise backend_error(exc) from exc
+        acl = deployment.acl_verdicts(denied)
+        verdicts += acl
+        deployment.warn(verdicts)
+        if acl[0].ok is False:
+            raise RedisMisconfigured(acl[0].detail)
+        _checked_clients.setdefault(self.client, set()).add(kind)
+        self._deployment_ok = True
+        return verdicts
+
+    async def _checked(self) -> None:
+        """The deployment checks, once per client and kind of scope, before admitting.
+
+        Concurrent first calls wait for one check. An unreachable Redis is
+        checked later: the call itself says what happened.
+        """
+        if self._deployment_ok:
+            return
+        if bool(self._plan.budget_names) in _checked_clients.get(self.client, ()):
+            self._deployment_ok = True
+            return
+        if self._check_lock is None:
+            self._check_lock = asyncio.Lock()
+        async with self._check_lock:
+            if not self._deployment_ok:
+                with contextlib.suppress(RedisUnavailable):
+                    await self.check_deployment()
+
     async def _book(
         self,
         costs: Mapping[str, object],
@@ -135,6 +206,7 @@ class _Shell(LimiterBase):
         model: str | None,
         tags: Mapping[str, object] | None,
     ) -> Booking:
+        await self._checked()
         plan = self._plan
         if plan.quick and model is None and tags is None:
             amounts, args = plan.quick_call(costs, timeout_s)

@@ -84,10 +84,31 @@ class ServerNotFound(LimiterError):
 
 
 class RedisUnavailable(BackendError):
-    """Redis could not be reached (connection refused, timed out, cluster down).
+    """Redis could not be reached (connection refused or reset, timed out, loading).
 
     What admission does then is the limiter's ``on_redis_error`` choice:
     ``"raise"`` this error, ``"allow"`` the call unmetered, or ``"deny"`` it.
+    """
+
+
+class RedisMisconfigured(BackendError):
+    """Redis answers, but not to this client as configured: a wrong password, an
+    ACL user without a command, key or channel it needs, a TLS certificate that
+    does not verify, a database that does not exist, a full connection pool.
+
+    Never admitted unmetered, whatever ``on_redis_error`` says: the message
+    says what to fix, and the cause is chained.
+    """
+
+
+class RedisRefused(BackendError):
+    """Redis refused to write, in a state it is in: out of memory, a replica (or a
+    demoted primary) that is read-only, too few replicas for
+    ``min-replicas-to-write``, a cluster slot without a primary.
+
+    Nothing was written (a script is refused at its first write). A limiter
+    retries for a few seconds, so that a failover's new primary is found, then
+    raises this; never admitted unmetered.
     """
 
 

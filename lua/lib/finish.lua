@@ -17,7 +17,7 @@ local function finish_permit(scopes, id, rec, actual, kind, model, tokens, tags,
     local b = scope.budget
     local key = b and (scope.j .. ':$' .. b.name)
     if b and rec.amounts[key] then
-      load_budget(scope, out.events)
+      load_budget(scope, now, out.events)
       local reserved = rec.amounts[key]
       local cost = actual(b, reserved)
       b.st.reserved = math.max(0, b.st.reserved - reserved)

@@ -298,6 +298,13 @@ class Plan:
                 if error is None:
                     return Booking(self._unbacked(nonce, amounts, make), None, tuple(alerts))
                 return Booking(None, error, tuple(alerts))
+            except BackendError:
+                # Misconfigured or refused: never unmetered; what earlier parts
+                # took goes back.
+                yield from self._cancel_parts(
+                    PermitRef(nonce, tuple(admits), reserved), done, quiet=True
+                )
+                raise
             code = int(reply[0])
             alerts += noted
             if code == 1:
