@@ -23,6 +23,7 @@ import redis
 
 from ratelimit import LimiterError, ledger
 from ratelimit.backend import connect
+from ratelimit.cli.config_option import scope_keys
 from ratelimit.cli.output import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -50,8 +51,8 @@ LedgerFormat = Literal["table", "csv", "jsonl"]
 
 
 def _scope(args: argparse.Namespace) -> ScopeKeys:
-    """The keys of the scope a command names: slot ``--slot``, by default its name."""
-    return ScopeKeys(args.scope, args.scope if args.slot is None else args.slot)
+    """The keys of the scope a command names: slot ``--slot``, else the configured one."""
+    return scope_keys(args, args.scope, args.slot)
 
 
 def _warn_if_missing(client: redis.Redis, command: str, key: str) -> None:
