@@ -63,16 +63,23 @@ def terminal() -> Iterator[tuple[io.TextIOWrapper, list[bytes]]]:
         os.close(controller)
 
 
+def on_terminal(monkeypatch: pytest.MonkeyPatch, argv: list[str], *, stdout: bool = False) -> str:
+    """Run ``ratelimit argv`` with stderr (and ``stdout`` too, if asked) on a pty: what it shows."""
+    with terminal() as (tty, received):
+        monkeypatch.setattr(sys, "stderr", tty)
+        if stdout:
+            monkeypatch.setattr(sys, "stdout", tty)
+        assert main(argv) == 0
+    return b"".join(received).decode()
+
+
 @pytest.mark.usefixtures("at_once")
 def test_a_ledger_export_shows_its_progress_on_a_terminal(
     ledger_of_30: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "ledger.csv"
-    with terminal() as (tty, received):
-        monkeypatch.setattr(sys, "stderr", tty)
-        argv = ["ledger", ledger_of_30, "--redis-url", redis_url, "--format", "csv", "-o", str(out)]
-        assert main(argv) == 0
-    shown = b"".join(received).decode()
+    argv = ["ledger", ledger_of_30, "--redis-url", redis_url, "--format", "csv", "-o", str(out)]
+    shown = on_terminal(monkeypatch, argv)
     assert f"\rreading the ledger of team: 1 of {ENTRIES} entries (3%)" in shown
     assert f"\rreading the ledger of team: {ENTRIES} of {ENTRIES} entries (100%)" in shown
     # The line is erased before the summary, which stays.
@@ -86,11 +93,9 @@ def test_a_ledger_export_shows_its_progress_on_a_terminal(
 def test_a_windowed_export_knows_only_an_upper_bound(
     ledger_of_30: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with terminal() as (tty, received):
-        monkeypatch.setattr(sys, "stderr", tty)
-        argv = ["ledger", ledger_of_30, "--redis-url", redis_url, "--since", "2000-01-01"]
-        assert main([*argv, "--format", "jsonl", "-o", str(tmp_path / "out.jsonl")]) == 0
-    assert f"of at most {ENTRIES} entries" in b"".join(received).decode()
+    argv = ["ledger", ledger_of_30, "--redis-url", redis_url, "--since", "2000-01-01"]
+    shown = on_terminal(monkeypatch, [*argv, "--format", "jsonl", "-o", str(tmp_path / "o")])
+    assert f"of at most {ENTRIES} entries" in shown
 
 
 @pytest.mark.usefixtures("at_once")
@@ -107,11 +112,8 @@ def test_nothing_is_drawn_on_a_stderr_that_is_not_a_terminal(
 def test_csv_to_the_same_terminal_is_not_torn_by_a_progress_line(
     ledger_of_30: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with terminal() as (tty, received):
-        monkeypatch.setattr(sys, "stderr", tty)
-        monkeypatch.setattr(sys, "stdout", tty)
-        assert main(["ledger", ledger_of_30, "--redis-url", redis_url, "--format", "csv"]) == 0
-    shown = b"".join(received).decode()
+    argv = ["ledger", ledger_of_30, "--redis-url", redis_url, "--format", "csv"]
+    shown = on_terminal(monkeypatch, argv, stdout=True)
     assert "reading the ledger" not in shown
     assert shown.count("\n") == ENTRIES + 1
 
@@ -120,11 +122,9 @@ def test_csv_to_the_same_terminal_is_not_torn_by_a_progress_line(
 def test_a_table_on_the_same_terminal_comes_after_the_progress_is_erased(
     ledger_of_30: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with terminal() as (tty, received):
-        monkeypatch.setattr(sys, "stderr", tty)
-        monkeypatch.setattr(sys, "stdout", tty)
-        assert main(["ledger", ledger_of_30, "--redis-url", redis_url]) == 0
-    shown = b"".join(received).decode()
+    shown = on_terminal(
+        monkeypatch, ["ledger", ledger_of_30, "--redis-url", redis_url], stdout=True
+    )
     progress_lines, table = shown.rsplit("\r" + ERASE_LINE, 1)
     assert f"{ENTRIES} of {ENTRIES} entries (100%)" in progress_lines
     assert table.startswith("ledger of team\r\n")

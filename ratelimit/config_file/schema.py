@@ -57,7 +57,7 @@ class ScopeConfig:
 
     ``slot``, ``lease_s``, ``on_redis_error`` and ``retention`` are None where
     the file leaves the library's default. ``line`` is where the file defines
-    the scope.
+    the scope (for the wrapper's scopes, its ``[anthropic]`` table).
     """
 
     name: str
