@@ -33,6 +33,29 @@ class CostExceedsCapacity(InvalidArgument):
     """A cost is larger than its bucket can ever hold, so waiting would never end."""
 
 
+class ConfigError(InvalidArgument):
+    """A configuration file (:func:`ratelimit.load_config`) cannot be used as written.
+
+    The message starts with ``<file>:<line>: <key>:``, the way compilers report,
+    and the same are in ``file``, ``line`` (1-based; None when the file could
+    not be read at all) and ``key`` (dotted, as the file spells it; "" for the
+    file as a whole). Nothing is built from a file with an error in it.
+    """
+
+    def __init__(self, problem: str, *, file: str, line: int | None, key: str) -> None:
+        where = file if line is None else f"{file}:{line}"
+        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+        self.problem = problem
+        self.file = file
+        self.line = line
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled, the class is called again with the keyword-only details.
+        rebuild = functools.partial(type(self), file=self.file, line=self.line, key=self.key)
+        return rebuild, (self.problem,), self.__dict__
+
+
 class AcquireTimeout(LimiterError):
     """Admission would come later than the caller's timeout; nothing was consumed.
 

@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, date, datetime
 from importlib import metadata
 
+from ratelimit.cli.config_option import add_config_option
 from ratelimit.cli.demo.run import run_demo
 from ratelimit.cli.demo.workload import DEFAULT_ITPM, DEFAULT_OTPM, DEFAULT_RPM
 from ratelimit.cli.output import EXIT_ERROR, EXIT_INTERRUPTED
@@ -90,7 +91,9 @@ examples:
 READERS_EPILOG = """\
 These commands read a deployment's Redis (--redis-url is required) and change
 nothing. A scope's keys are rl:v2:{<slot>}:<name>:ledger, :spend and :alerts;
-give --slot when its Limiter was built with slot=... Money is printed exactly.
+give --slot when its Limiter was built with slot=... and the configuration file
+(--config, before the command, or $RATELIMIT_CONFIG) does not say so. Money is
+printed exactly.
 
 exit status:
   0 done (also when there is nothing to show: a note on stderr then names the
@@ -215,7 +218,8 @@ def _add_reader_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     where.add_argument(
         "--slot",
         metavar="SLOT",
-        help="the scope's hash tag, when its Limiter was given slot=... (default: its name)",
+        help="the scope's hash tag, when its Limiter was given slot=... "
+        "(default: the configuration file's, else the scope's name)",
     )
 
     def add(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
@@ -286,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         version = "unknown"
     parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    add_config_option(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     _add_demo_command(commands)
