@@ -18,8 +18,9 @@ import redis.cluster
 import redis.exceptions
 from redis.commands.core import Script
 
-from ratelimit import deployment, ledger, scripts
+from ratelimit import checks, ledger, scripts
 from ratelimit.backend import FailoverWait, backend_error, connect
+from ratelimit.checks import Verdict
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
 from ratelimit.core.calls import Flow, ScriptCall
 from ratelimit.core.entries import UsagePricer
@@ -27,7 +28,6 @@ from ratelimit.core.plan import log
 from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
 from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
 from ratelimit.core.settings import Retention
-from ratelimit.deployment import Verdict
 from ratelimit.errors import AcquireTimeout, RedisMisconfigured, RedisRefused, RedisUnavailable
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
@@ -142,16 +142,16 @@ class _Shell(LimiterBase):
             # A managed service (or fakeredis) may not allow INFO: say so, and go on.
             verdicts.append(Verdict("server", None, f"INFO is not available: {exc}"))
         else:
-            for node in deployment.nodes(info):
-                verdicts += deployment.server_verdicts(node, budgets=kind)
+            for node in checks.nodes(info):
+                verdicts += checks.server_verdicts(node, budgets=kind)
         keys, args = self._check_call()
         try:
             denied = self._scripts["check"](keys=keys, args=args)
         except redis.exceptions.RedisError as exc:
             raise backend_error(exc) from exc
-        acl = deployment.acl_verdicts(denied)
+        acl = checks.acl_verdicts(denied)
         verdicts += acl
-        deployment.warn(verdicts)
+        checks.warn(verdicts)
         if acl[0].ok is False:
             raise RedisMisconfigured(acl[0].detail)
         _checked_clients.setdefault(self.client, set()).add(kind)
