@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ratelimit.cli.output import format_usd, number, per_second
+from ratelimit.cli.output import align_points, format_usd, number, per_second
 from ratelimit.core.numbers import MICRO, usd
 from ratelimit.deployment import RateReading, ScopeReading, Snapshot
 
@@ -28,7 +28,8 @@ _STATUS_STYLE = {
 
 def units(amount: Decimal, capacity: Decimal) -> str:
     """An amount of a dimension: whole units for large buckets, two decimals for small."""
-    return number(float(amount), 0 if capacity >= 100 else 2)
+    whole = capacity >= 100 or amount == amount.to_integral_value()
+    return number(float(amount), 0 if whole else 2)
 
 
 def seconds(micros: int) -> str:
@@ -47,10 +48,12 @@ def _status(rate: RateReading, now_us: int) -> Text:
     status = rate.status
     words: str = status
     if status == "booked ahead" and rate.booked_until_us is not None:
-        words = f"booked ahead {seconds(rate.booked_until_us - now_us)}"
-    if status != "full":
-        words += f", full in {seconds(rate.full_at_us - now_us)}"
+        words = f"booked {seconds(rate.booked_until_us - now_us)} ahead"
     return Text(words, style=_STATUS_STYLE[status])
+
+
+def _full_in(rate: RateReading, now_us: int) -> str:
+    return "" if rate.status == "full" else seconds(rate.full_at_us - now_us)
 
 
 def _configured(rate: RateReading) -> Text:
@@ -69,12 +72,13 @@ def rates_table(snapshot: Snapshot) -> Table:
     """One row per scope and rate dimension."""
     configured = any(scope.configured for scope in snapshot.scopes)
     table = Table(title="Rates", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("scope")
-    table.add_column("dimension")
-    table.add_column("available", justify="right")
-    table.add_column("capacity", justify="right")
-    table.add_column("rate/s", justify="right")
+    table.add_column("scope", no_wrap=True)
+    table.add_column("dimension", no_wrap=True)
+    table.add_column("available", justify="right", no_wrap=True)
+    table.add_column("capacity", justify="right", no_wrap=True)
+    table.add_column("rate/s", justify="right", no_wrap=True)
     table.add_column("state")
+    table.add_column("full in", justify="right", no_wrap=True)
     if configured:
         table.add_column("configured")
     for scope in snapshot.scopes:
@@ -86,6 +90,7 @@ def rates_table(snapshot: Snapshot) -> Table:
                 units(rate.capacity, rate.capacity),
                 per_second(float(rate.rate_per_s)),
                 _status(rate, snapshot.now_us),
+                _full_in(rate, snapshot.now_us),
             ]
             if configured:
                 cells.append(_configured(rate))
@@ -94,9 +99,10 @@ def rates_table(snapshot: Snapshot) -> Table:
 
 
 def _scope_cell(scope: ScopeReading) -> Text:
+    """The scope's name, and below it its slot when it has one of its own."""
     cell = Text(scope.name, style="bold")
     if scope.slot != scope.name:
-        cell.append(f" {{{scope.slot}}}", style="dim")
+        cell.append(f"\n{{{scope.slot}}}", style="dim")
     return cell
 
 
@@ -104,25 +110,36 @@ def budgets_table(snapshot: Snapshot) -> Table:
     """One row per scope with a budget: spent, reserved and limit (USD), and the reset."""
     table = Table(title="Budgets (USD)", box=box.SIMPLE_HEAD, title_justify="left")
     for name in ("scope", "spent", "reserved", "limit", "available", "period", "resets at"):
-        table.add_column(name, justify="left" if name in ("scope", "period") else "right")
-    for scope in snapshot.scopes:
+        money = name in ("spent", "reserved", "limit", "available")
+        table.add_column(name, justify="right" if money else "left", no_wrap=name != "resets at")
+    rows: list[list[str]] = []
+    scopes = [scope for scope in snapshot.scopes if scope.budget is not None]
+    for scope in scopes:
         budget = scope.budget
-        if budget is None:
-            continue
+        assert budget is not None  # filtered above
         resets = budget.resets_at
-        used = budget.spent_nano + budget.reserved_nano
-        style = "red" if used >= budget.limit_nano else None
         limit = format_usd(budget.limit)
         if budget.stored_limit_nano not in (None, budget.limit_nano):
             limit += f" (Redis: {format_usd(usd(budget.stored_limit_nano or 0))})"
+        rows.append(
+            [
+                format_usd(budget.spent),
+                format_usd(budget.reserved),
+                limit,
+                format_usd(budget.available),
+                budget.period or "ended",
+                "-" if resets is None else resets.strftime("%Y-%m-%d %H:%M %Z"),
+            ]
+        )
+    align_points(rows, (0, 1, 3))
+    for scope, row in zip(scopes, rows, strict=True):
+        budget = scope.budget
+        spent_all = budget is not None and budget.available <= 0
         table.add_row(
             _scope_cell(scope),
-            format_usd(budget.spent),
-            format_usd(budget.reserved),
-            limit,
-            Text(format_usd(budget.available), style=style or ""),
-            budget.period or "ended",
-            "-" if resets is None else resets.strftime("%Y-%m-%d %H:%M %Z"),
+            *row[:3],
+            Text(row[3], style="red" if spent_all else ""),
+            *row[4:],
         )
     return table
 
@@ -136,14 +153,15 @@ def _reserved(scope: ScopeReading) -> str:
         if dim == flight.budget_dimension:
             parts.append(f"{dim}=${format_usd(usd(amount))}")
         else:
-            parts.append(f"{dim}={number(amount / MICRO, 0 if amount >= 100 * MICRO else 2)}")
+            amount_units = Decimal(amount) / MICRO
+            parts.append(f"{dim}={units(amount_units, amount_units)}")
     return " ".join(parts)
 
 
 def permits_table(snapshot: Snapshot) -> Table:
     """One row per scope with permits in flight: how many, past their lease, what they hold."""
     table = Table(title="Permits in flight", box=box.SIMPLE_HEAD, title_justify="left")
-    table.add_column("scope")
+    table.add_column("scope", no_wrap=True)
     table.add_column("permits", justify="right")
     table.add_column("lease ended", justify="right")
     table.add_column("reserved")
