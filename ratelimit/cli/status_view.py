@@ -113,10 +113,8 @@ def budgets_table(snapshot: Snapshot) -> Table:
         money = name in ("spent", "reserved", "limit", "available")
         table.add_column(name, justify="right" if money else "left", no_wrap=name != "resets at")
     rows: list[list[str]] = []
-    scopes = [scope for scope in snapshot.scopes if scope.budget is not None]
-    for scope in scopes:
-        budget = scope.budget
-        assert budget is not None  # filtered above
+    budgets = [(scope, scope.budget) for scope in snapshot.scopes if scope.budget is not None]
+    for _, budget in budgets:
         resets = budget.resets_at
         limit = format_usd(budget.limit)
         if budget.stored_limit_nano not in (None, budget.limit_nano):
@@ -132,14 +130,10 @@ def budgets_table(snapshot: Snapshot) -> Table:
             ]
         )
     align_points(rows, (0, 1, 3))
-    for scope, row in zip(scopes, rows, strict=True):
-        budget = scope.budget
-        spent_all = budget is not None and budget.available <= 0
+    for (scope, budget), row in zip(budgets, rows, strict=True):
+        spent_all = budget.available <= 0
         table.add_row(
-            _scope_cell(scope),
-            *row[:3],
-            Text(row[3], style="red" if spent_all else ""),
-            *row[4:],
+            _scope_cell(scope), *row[:3], Text(row[3], style="red" if spent_all else ""), *row[4:]
         )
     return table
 
