@@ -22,7 +22,7 @@ import redis.asyncio.cluster
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ratelimit import checks, ledger, scripts
+from ratelimit import checks, ledger, metrics, scripts
 from ratelimit.backend import FailoverWait, backend_error
 from ratelimit.backend import connect_async as connect
 from ratelimit.batching import ScriptBatcher, batcher_for
@@ -217,13 +217,17 @@ class _Shell(LimiterBase):
             else:
                 result = plan.quick_result(reply, amounts, timeout_s, self._permit)
                 if isinstance(result, AcquireTimeout):
-                    return Booking(None, result, ())
-                return Booking(result, None, ())
+                    booking = Booking(None, result, ())
+                else:
+                    booking = Booking(result, None, ())
+                metrics.booked(plan.scopes, booking)
+                return booking
         booking = await self._drive(
             plan.acquire(
                 costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit
             )
         )
+        metrics.booked(plan.scopes, booking)
         await self._deliver(booking.alerts)
         return booking
 

@@ -102,6 +102,10 @@ class NoCurrentPermit(LimiterError, LookupError):
     """``current_permit()`` was called outside the body of a ``rate_limited`` task."""
 
 
+class MissingExtra(LimiterError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names it."""
+
+
 class ServerNotFound(LimiterError):
     """No server binary for the requested engine is installed, or it would not start."""
 

@@ -18,7 +18,7 @@ import redis.cluster
 import redis.exceptions
 from redis.commands.core import Script
 
-from ratelimit import checks, ledger, scripts
+from ratelimit import checks, ledger, metrics, scripts
 from ratelimit.backend import FailoverWait, backend_error, connect
 from ratelimit.checks import Verdict
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
@@ -189,13 +189,17 @@ class _Shell(LimiterBase):
             else:
                 result = plan.quick_result(reply, amounts, timeout_s, self._permit)
                 if isinstance(result, AcquireTimeout):
-                    return Booking(None, result, ())
-                return Booking(result, None, ())
+                    booking = Booking(None, result, ())
+                else:
+                    booking = Booking(result, None, ())
+                metrics.booked(plan.scopes, booking)
+                return booking
         booking = self._drive(
             plan.acquire(
                 costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit
             )
         )
+        metrics.booked(plan.scopes, booking)
         self._deliver(booking.alerts)
         return booking
 

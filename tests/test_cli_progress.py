@@ -104,8 +104,11 @@ def test_nothing_is_drawn_on_a_stderr_that_is_not_a_terminal(
 ) -> None:
     out = tmp_path / "ledger.csv"
     assert main(["ledger", ledger_of_30, "--redis-url", redis_url, "-o", str(out)]) == 0
-    err = capsys.readouterr().err
-    assert err == f"ratelimit ledger: wrote {ENTRIES} entries of team (0.30 USD) to {out}\n"
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"ratelimit ledger: server {redis_url} (from --redis-url)",
+        f"ratelimit ledger: wrote {ENTRIES} entries of team (0.30 USD) to {out}",
+    ]
 
 
 @pytest.mark.usefixtures("at_once")
@@ -115,7 +118,8 @@ def test_csv_to_the_same_terminal_is_not_torn_by_a_progress_line(
     argv = ["ledger", ledger_of_30, "--redis-url", redis_url, "--format", "csv"]
     shown = on_terminal(monkeypatch, argv, stdout=True)
     assert "reading the ledger" not in shown
-    assert shown.count("\n") == ENTRIES + 1
+    # The header and the entries, after the line naming the server.
+    assert shown.count("\n") == ENTRIES + 2
 
 
 @pytest.mark.usefixtures("at_once")

@@ -34,15 +34,6 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 DEPLOYING = README.split("\n## Deploying\n", 1)[1].split("\n## ", 1)[0]
 
-#: Commands of the compose file that another branch brings (``ratelimit exporter``),
-#: with the flags it is given. Until the parser has the command its flags are checked
-#: against this list; once it has, the parser checks them and the entry must go.
-PENDING_COMMANDS = {"exporter": {"--host", "--port"}}
-#: Files the same branch brings: the Grafana dashboard.
-PENDING_FILES = {"examples/grafana/ratelimit.json"}
-#: Extras the image installs that the same branch adds to pyproject.toml.
-PENDING_EXTRAS = {"metrics"}
-
 
 def command(service: dict[str, Any]) -> list[str]:
     value = service.get("command", [])
@@ -109,27 +100,11 @@ def test_the_default_profile_runs_redis_the_demo_and_the_exporter() -> None:
 
 @pytest.mark.parametrize(("service", "args"), ratelimit_commands())
 def test_every_ratelimit_command_parses(service: str, args: list[str]) -> None:
-    parser = build_parser()
     errors = io.StringIO()
     with contextlib.redirect_stderr(errors), contextlib.suppress(SystemExit):
-        parser.parse_args(args)
+        build_parser().parse_args(args)
         return
-    invalid = re.search(r"invalid choice: '([\w-]+)'", errors.getvalue())
-    assert invalid is not None, f"{service}: ratelimit {shlex.join(args)}\n{errors.getvalue()}"
-    pending = PENDING_COMMANDS.get(invalid[1])
-    assert pending is not None, f"{service}: no command {invalid[1]!r}"
-    flags = {arg for arg in args if arg.startswith("-")}
-    assert flags <= pending, f"{service}: {flags - pending} are not flags of {invalid[1]}"
-
-
-def test_pending_commands_are_not_in_the_parser_yet() -> None:
-    # Once the exporter's branch is merged, its commands are checked by the parser
-    # above, and PENDING_COMMANDS must be emptied so that a typo cannot hide there.
-    errors = io.StringIO()
-    for name in PENDING_COMMANDS:
-        with contextlib.redirect_stderr(errors), pytest.raises(SystemExit):
-            build_parser().parse_args([name, "--no-such-flag-anywhere"])
-        assert f"invalid choice: '{name}'" in errors.getvalue(), f"{name} is merged: drop it"
+    pytest.fail(f"{service}: ratelimit {shlex.join(args)}\n{errors.getvalue()}")
 
 
 # --------------------------------------------------------------------------- files
@@ -153,14 +128,7 @@ def referenced_files() -> list[tuple[str, str]]:
 @pytest.mark.parametrize(("service", "path"), referenced_files())
 def test_every_file_the_compose_file_uses_exists(service: str, path: str) -> None:
     relative = Path(path).as_posix().removeprefix("./")
-    if relative in PENDING_FILES and not (ROOT / relative).exists():
-        pytest.skip(f"{relative} comes with the exporter's branch")
     assert (ROOT / relative).exists(), f"{service} uses {path}, which does not exist"
-
-
-def test_pending_files_are_still_missing() -> None:
-    for relative in PENDING_FILES:
-        assert not (ROOT / relative).exists(), f"{relative} is merged: drop it from PENDING_FILES"
 
 
 def project_extras() -> set[str]:
@@ -174,15 +142,7 @@ def test_the_image_installs_extras_the_project_has() -> None:
         assert (ROOT / source).exists(), source
     extras = project_extras()
     [wanted] = re.findall(r'pip install [^"]*"\.\[([\w,]+)\]"', dockerfile)
-    assert set(wanted.split(",")) <= extras | PENDING_EXTRAS
-
-
-def test_pending_extras_are_not_in_the_project_yet() -> None:
-    merged = PENDING_EXTRAS & project_extras()
-    assert not merged, f"{merged} merged: drop them from PENDING_EXTRAS"
-
-
-# --------------------------------------------------------------------------- Redis settings
+    assert set(wanted.split(",")) <= extras
 
 
 def test_the_readme_states_the_settings_this_file_checks() -> None:

@@ -14,6 +14,7 @@ import os
 
 from ratelimit.config_file import CONFIG_ENV, Config, load_config
 from ratelimit.core.keys import ScopeKeys
+from ratelimit.core.scope import ScopeSpec
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -47,3 +48,10 @@ def scope_keys(args: argparse.Namespace, name: str, slot: str | None = None) -> 
     if config is not None and name in config.scopes:
         return config.scopes[name].keys
     return ScopeKeys(name, name)
+
+
+def configured_scopes(args: argparse.Namespace) -> list[ScopeSpec]:
+    """The scopes the configuration file names (none without a file), for the
+    readers of a deployment to show their configured limits."""
+    config = loaded_config(args)
+    return [] if config is None else [scope.spec for scope in config.scopes.values()]

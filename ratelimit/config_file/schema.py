@@ -80,6 +80,11 @@ class ScopeConfig:
         """The scope's Redis keys."""
         return ScopeKeys(self.name, self.name if self.slot is None else self.slot)
 
+    @property
+    def spec(self) -> ScopeSpec:
+        """The scope as a limiter built from this configuration checks it."""
+        return ScopeSpec.build(self.name, self.dimensions, slot=self.slot)
+
     def limiter_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``Limiter(client, name, **...)`` that the file sets."""
         options = {
