@@ -10,7 +10,9 @@
 -- ARGV[2]  max_wait_us: the longest the caller will wait, microseconds; -1 = no limit
 -- ARGV[3]  lease_us: how long after admission the permit may stay unsettled
 --          before a later call reclaims it
--- ARGV[4..] the scope block (lib/args.lua), amounts = costs (0 <= cost <= cap),
+-- ARGV[4]  "1" when the client has just run reclaim.lua: admit even if more
+--          leases ended since (the next call reclaims them), "0" otherwise
+-- ARGV[5..] the scope block (lib/args.lua), amounts = costs (0 <= cost <= cap),
 --          then model (ledger label, may be empty), tokens and tags (the
 --          client's msgpack blobs for the ledger, kept for a reclaim)
 -- Reply    {1, now_us, notes, wait_us, seen}: admitted; the caller sleeps
@@ -28,7 +30,8 @@
 -- first booking again instead of booking twice.
 
 local id, max_wait, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local scopes, at = read_scopes(4, 3)
+local reclaimed = ARGV[4] == '1'
+local scopes, at = read_scopes(5, 3)
 local model, tokens, tags = ARGV[at], ARGV[at + 1], ARGV[at + 2]
 local now = now_us()
 local out = { alerts = {}, overshoots = {}, events = {} }
@@ -38,7 +41,7 @@ if booked then
   return { 1, now, false, math.max(0, decode_record(booked).admit - now), {} }
 end
 if not periods_hold(scopes, now) then return { -2, now, false } end
-if redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, 1)[1] then
+if not reclaimed and redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, 1)[1] then
   return { -3, now, false }
 end
 

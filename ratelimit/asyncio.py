@@ -206,10 +206,10 @@ class _Shell(LimiterBase):
         model: str | None,
         tags: Mapping[str, object] | None,
     ) -> Booking:
-        await self._checked()
         plan = self._plan
         if plan.quick and model is None and tags is None:
-            amounts, args = plan.quick_call(costs, timeout_s)
+            amounts, args = plan.quick_call(costs, timeout_s)  # bad input raises here
+            await self._checked()
             try:
                 reply = await self._run("acquire_rates", plan.parts[0].lean_keys, args)
             except redis.exceptions.RedisError:
@@ -222,6 +222,7 @@ class _Shell(LimiterBase):
                     booking = Booking(result, None, ())
                 metrics.booked(plan.scopes, booking)
                 return booking
+        await self._checked()
         booking = await self._drive(
             plan.acquire(
                 costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit

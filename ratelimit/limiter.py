@@ -178,10 +178,10 @@ class _Shell(LimiterBase):
         model: str | None,
         tags: Mapping[str, object] | None,
     ) -> Booking:
-        self._checked()
         plan = self._plan
         if plan.quick and model is None and tags is None:
-            amounts, args = plan.quick_call(costs, timeout_s)
+            amounts, args = plan.quick_call(costs, timeout_s)  # bad input raises here
+            self._checked()
             try:
                 reply = self._scripts["acquire_rates"](keys=plan.parts[0].lean_keys, args=args)
             except redis.exceptions.RedisError:
@@ -194,6 +194,7 @@ class _Shell(LimiterBase):
                     booking = Booking(result, None, ())
                 metrics.booked(plan.scopes, booking)
                 return booking
+        self._checked()
         booking = self._drive(
             plan.acquire(
                 costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit

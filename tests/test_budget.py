@@ -169,7 +169,7 @@ def test_zero_cost_is_admitted_even_when_the_budget_is_spent(r: redis.Redis) -> 
     with pytest.raises(BudgetExceeded):
         limiter.acquire(usd="0.000000001")
     # A call that costs nothing (a cached answer, say) is not a budget matter.
-    assert limiter.acquire().settle(usd=0).applied
+    assert limiter.acquire(usd=0).settle(usd=0).applied
     assert budget_of(limiter) == (Decimal(5), Decimal(0))
 
 
@@ -484,7 +484,7 @@ def test_each_threshold_fires_once_to_callback_history_and_channel(
         # Nothing fires twice: not on a refusal, not on a later settle.
         with pytest.raises(BudgetExceeded):
             limiter.acquire(usd="0.1")
-        assert limiter.acquire().settle(usd="0.3").alerts == ()
+        assert limiter.acquire(usd=0).settle(usd="0.3").alerts == ()
         assert limiter.alert_history() == seen
 
         published: list[Alert] = []
@@ -677,3 +677,14 @@ def test_each_ledger_entry_is_one_msgpack_record(r: redis.Redis) -> None:
     assert record["kind"] == "settled"
     assert record["tags"] == {"job": 7}
     assert record["t"] > 1_700_000_000_000_000  # Redis time, microseconds
+
+
+def test_an_admission_that_states_no_cost_for_the_budget_is_refused(r: redis.Redis) -> None:
+    """A budget that is not told the cost guards nothing: say usd=... (or usd=0)."""
+    limiter = team(r)
+    with pytest.raises(InvalidArgument, match="worst-case cost"):
+        limiter.acquire(model=SONNET)
+    with pytest.raises(InvalidArgument, match="worst-case cost"):
+        limiter.try_acquire()
+    assert r.keys("*") == []  # refused before anything was sent
+    assert limiter.acquire(usd=0).settle(usd=0).applied

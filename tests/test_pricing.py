@@ -358,9 +358,19 @@ def test_a_split_larger_than_the_total_is_rejected(pricing: Pricing) -> None:
         pricing.cost("claude-sonnet-4-6", usage)
 
 
-def test_empty_usage_costs_nothing(pricing: Pricing) -> None:
-    assert pricing.cost("claude-opus-4-5", {}) == 0
+def test_a_usage_of_zero_tokens_costs_nothing(pricing: Pricing) -> None:
+    assert pricing.cost("claude-opus-4-5", {"input_tokens": 0}) == 0
     assert pricing.cost("claude-opus-4-5", Usage(input_tokens=0, output_tokens=0)) == 0
+
+
+def test_a_usage_without_counts_or_with_a_typo_is_refused(pricing: Pricing) -> None:
+    """Neither prices a call at $0: the caller hears about it."""
+    with pytest.raises(InvalidArgument, match="no token counts"):
+        pricing.cost("claude-sonnet-4-6", {})
+    with pytest.raises(InvalidArgument, match="unknown keys"):
+        pricing.cost("claude-sonnet-4-6", {"inptu_tokens": 5})
+    with pytest.raises(InvalidArgument, match="unknown keys"):
+        pricing.cost("claude-sonnet-4-6", {"input_tokens": 5, "outputtokens": 5})
 
 
 # -- unknown models and the fallback --------------------------------------------------
@@ -471,7 +481,7 @@ def test_bad_flags_and_fields_are_rejected(pricing: Pricing) -> None:
     with pytest.raises(InvalidArgumentType):
         pricing.cost("claude-haiku-4-5", {}, batch=1)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentType):
-        pricing.cost("claude-haiku-4-5", {"service_tier": 3})
+        pricing.cost("claude-haiku-4-5", {"input_tokens": 1, "service_tier": 3})
     with pytest.raises(InvalidArgumentType):
         pricing.cost("claude-haiku-4-5", {"cache_creation": 7})
     with pytest.raises(InvalidArgumentType):

@@ -59,6 +59,7 @@ from ratelimit.errors import (
     BudgetExceeded,
     CostExceedsCapacity,
     InvalidArgument,
+    InvalidArgumentType,
     RedisUnavailable,
     UnknownDimension,
 )
@@ -129,6 +130,12 @@ class Plan:
         amounts: dict[str, int] = {}
         for name in self._known:
             if name not in costs:
+                if acquire and name in self.budget_names:
+                    # A budget that is not told the cost guards nothing.
+                    raise InvalidArgument(
+                        f"an admission on a budget must state its worst-case cost: "
+                        f"{name}=<USD> ({name}=0 for a call that costs nothing)"
+                    )
                 amounts[name] = (MICRO if name == "requests" else 0) if acquire else -1
                 continue
             value = costs[name]
@@ -201,8 +208,10 @@ class Plan:
         budgeted = part.budgeted
         instant = self._estimate(clock_us) if budgeted else 0
         alerts: list[Alert] = []
+        reclaimed = False
         for _ in range(3):
-            args = [*head, *part.block(amounts, instant, self._floors), *tail]
+            marks = [1 if reclaimed else 0] if script == "acquire" else []
+            args = [*head, *marks, *part.block(amounts, instant, self._floors), *tail]
             reply = yield ScriptCall(script, keys, args)
             # Every reply starts {status, now_us, notes, ...}.
             alerts += read_notes(part, reply[2])
@@ -211,8 +220,9 @@ class Plan:
             instant = int(reply[1])
             self._observe(instant)
             status = int(reply[0])
-            if status == -3:
+            if status == -3 and not reclaimed:
                 alerts += yield from self._reclaim(part, instant)
+                reclaimed = True  # the acquire sent next admits whatever ended since
             elif status != -2:
                 return reply, alerts
         raise BackendError("Redis time keeps moving out of the budget periods sent")
@@ -485,6 +495,10 @@ class Plan:
 
     def _remaining(self, remaining: Mapping[str, object]) -> dict[str, int]:
         """Provider figures per rate dimension, validated, in micro-units."""
+        if not isinstance(remaining, Mapping):
+            raise InvalidArgumentType(
+                f"remaining must map rate dimensions to units, not {type(remaining).__name__}"
+            )
         left: dict[str, int] = {}
         for name, value in remaining.items():
             if name not in self.rate_names:

@@ -56,12 +56,26 @@ class TokenCounts:
         yield "output", self.output
 
 
+#: The fields that count tokens: a usage states at least one.
 _USAGE_FIELDS: Final = (
     "input_tokens",
     "output_tokens",
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
     "cache_creation",
+)
+
+#: Every key of the API's usage object (``anthropic.types.Usage``): a mapping
+#: given as a usage holds these only.
+USAGE_KEYS: Final = frozenset(
+    {
+        *_USAGE_FIELDS,
+        "server_tool_use",
+        "service_tier",
+        "speed",
+        "inference_geo",
+        "output_tokens_details",
+    }
 )
 
 
@@ -99,6 +113,18 @@ def read_usage(usage: object) -> TokenCounts:
         raise InvalidArgumentType(
             "usage must be an anthropic Usage or a mapping of token counts, "
             f"got {type(usage).__name__} (pass message.usage, not the message)"
+        )
+
+    if isinstance(usage, Mapping):
+        # A typo must not price a call at $0: every key is one a usage has.
+        unknown = sorted(str(key) for key in usage if key not in USAGE_KEYS)
+        if unknown:
+            raise InvalidArgument(
+                f"usage has unknown keys {unknown}; a usage has {sorted(USAGE_KEYS)}"
+            )
+    if all(field_of(usage, key) is None for key in _USAGE_FIELDS):
+        raise InvalidArgument(
+            f"usage has no token counts: give at least one of {list(_USAGE_FIELDS)}"
         )
 
     def count(source: object, key: str) -> int:
