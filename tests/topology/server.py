@@ -20,7 +20,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ratelimit.server import Engine, ServerNotFound, find_binary, free_port
+from ratelimit.errors import ServerNotFound
+from ratelimit.server import Engine, find_binary, free_port
 from topology.waiting import ADMIN_TIMEOUT_S, DEADLINE_S, TopologyError, command, wait_for
 
 if TYPE_CHECKING:
