@@ -9,9 +9,13 @@ more than its buckets allow (``burst + rate x elapsed`` in every dimension).
 change nothing: a scope's ledger entries (as a table, CSV or JSON Lines), its
 spend per day and model, and its budget alerts, past or as they fire.
 
+``ratelimit sync`` copies every ledger entry into PostgreSQL exactly once, and
+``ratelimit restore`` rebuilds from there the spend Redis lost.
+
 - :mod:`~ratelimit.cli.parser`: the arguments of every command, and :func:`main`.
 - :mod:`~ratelimit.cli.demo`: the demo (workload, workers, progress, run, report).
 - :mod:`~ratelimit.cli.readers`: the read-only commands, over :mod:`ratelimit.ledger`.
+- :mod:`~ratelimit.cli.postgres`: ``sync`` and ``restore``, the ledger of record in PostgreSQL.
 - :mod:`~ratelimit.cli.output`: exit statuses, tables, numbers and money, for all of them.
 """
 

@@ -1,7 +1,8 @@
 """The ``ratelimit`` argument parser, and :func:`main`: the console script's entry point.
 
-One subcommand per job: ``demo`` (:mod:`ratelimit.cli.demo`) and the
-read-only ``ledger``, ``spend`` and ``alerts`` (:mod:`ratelimit.cli.readers`).
+One subcommand per job: ``demo`` (:mod:`ratelimit.cli.demo`), the
+read-only ``ledger``, ``spend`` and ``alerts`` (:mod:`ratelimit.cli.readers`),
+and ``sync`` and ``restore`` (:mod:`ratelimit.cli.postgres`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib import metadata
 from ratelimit.cli.demo.run import run_demo
 from ratelimit.cli.demo.workload import DEFAULT_ITPM, DEFAULT_OTPM, DEFAULT_RPM
 from ratelimit.cli.output import EXIT_ERROR, EXIT_INTERRUPTED
+from ratelimit.cli.postgres import add_postgres_commands
 from ratelimit.cli.readers import run_alerts, run_ledger, run_spend
 from ratelimit.core.keys import ALERT_CHANNEL
 
@@ -290,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_demo_command(commands)
     _add_reader_commands(commands)
+    add_postgres_commands(commands)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""The ledger streams of a deployment: found by SCAN, or named by scope and slot.
+
+Every budgeted scope writes its ledger to ``rl:v2:{<slot>}:<name>:ledger``
+(see :class:`ratelimit.core.keys.ScopeKeys`). ``ratelimit sync --all`` finds
+them by SCAN; a scope named on the command line is ``slot`` = its name unless
+``--slot`` says otherwise. This module reads Redis only: it works without the
+``postgres`` extra (``ratelimit doctor`` uses it through :mod:`.lag`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from ratelimit.core.keys import KEY_PREFIX, ScopeKeys
+from ratelimit.core.numbers import text
+
+#: The consumer group every ``ratelimit sync`` joins, on every ledger stream.
+SYNC_GROUP = "ratelimit-sync"
+
+LEDGER_SUFFIX = ":ledger"
+#: SCAN pattern of every ledger stream (its type is checked too).
+LEDGER_PATTERN = f"{KEY_PREFIX}*{LEDGER_SUFFIX}"
+#: Keys asked for per SCAN step.
+SCAN_COUNT = 1000
+
+_ESCAPED = re.compile(r"%(25|7B|7D)")
+_UNESCAPED = {"25": "%", "7B": "{", "7D": "}"}
+
+
+@dataclass(frozen=True, order=True)
+class LedgerStream:
+    """One scope's ledger stream: the scope's name and its hash tag (slot)."""
+
+    scope: str
+    slot: str
+
+    @property
+    def keys(self) -> ScopeKeys:
+        """All the scope's keys."""
+        return ScopeKeys(self.scope, self.slot)
+
+    @property
+    def key(self) -> str:
+        """The stream's key, ``rl:v2:{<slot>}:<name>:ledger``."""
+        return self.keys.ledger
+
+
+def id_order(stream_id: str) -> tuple[int, int]:
+    """A stream ID as (milliseconds, sequence), to compare IDs in the server's order."""
+    millis, _, sequence = stream_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+def unescape_name(escaped: str) -> str:
+    """The inverse of :func:`ratelimit.core.keys.escape_name`."""
+    return _ESCAPED.sub(lambda found: _UNESCAPED[found.group(1)], escaped)
+
+
+def parse_ledger_key(key: str | bytes) -> LedgerStream | None:
+    """The scope of a ledger stream's key, or None for a key that is not one."""
+    name = text(key)
+    start = f"{KEY_PREFIX}{{"
+    if not (name.startswith(start) and name.endswith(LEDGER_SUFFIX)):
+        return None
+    # An escaped slot holds no brace: the first "}:" closes the hash tag.
+    slot, sep, scope = name[len(start) : -len(LEDGER_SUFFIX)].partition("}:")
+    if not sep or not scope:
+        return None
+    stream = LedgerStream(unescape_name(scope), unescape_name(slot))
+    return stream if stream.key == name else None
+
+
+def discover(client: redis.Redis) -> list[LedgerStream]:
+    """Every ledger stream the server holds, sorted by scope and slot (SCAN, not KEYS)."""
+    found = {
+        stream
+        for key in client.scan_iter(match=LEDGER_PATTERN, count=SCAN_COUNT, _type="stream")
+        if (stream := parse_ledger_key(key)) is not None
+    }
+    return sorted(found)
+
+
+def named(scopes: Iterable[str], slot: str | None = None) -> list[LedgerStream]:
+    """The ledger streams of these scope names, in ``slot`` (default: each its own name)."""
+    return [LedgerStream(scope, scope if slot is None else slot) for scope in scopes]
