@@ -137,6 +137,7 @@ def test_the_cli_refuses_a_scope_without_its_budget(
     redis_url: str, r: redis.Redis, ledger_dsn: str
 ) -> None:
     spend(_limiter(r), 5)
+    _limiter(r).record_saving("0.25", model="claude-haiku-4-5")
     LedgerSync(r, ledger_dsn).drain()
     r.flushdb()
 
@@ -150,6 +151,7 @@ def test_the_cli_refuses_a_scope_without_its_budget(
     done = run_cli("restore", "--from", ledger_dsn, "--redis-url", redis_url, "--all",
                    "--limit", str(LIMIT_USD), "--tz", "Europe/Paris")  # fmt: skip
     assert done.returncode == 0, done.stderr
+    assert "savings +0.25 USD" in done.stdout
     assert counters(r, STREAM) == pg_counters(ledger_dsn, "team-a")
 
 

@@ -10,6 +10,7 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import threading
 from datetime import UTC, date
 from decimal import Decimal
@@ -172,6 +173,21 @@ def test_cli_once_and_its_usage_errors(redis_url: str, r: redis.Redis, ledger_ds
     )  # fmt: skip
     assert down.returncode == 2
     assert "cannot connect to PostgreSQL" in down.stderr
+
+
+def test_the_package_and_the_cli_load_without_psycopg() -> None:
+    probe = (
+        "import sys\n"
+        "sys.modules['psycopg'] = None  # as without the postgres extra\n"
+        "import ratelimit.postgres\n"
+        "from ratelimit.cli import main\n"
+        "sys.exit(main(['sync', '--to', 'x', '--redis-url', 'redis://127.0.0.1:1', '--all']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert "pip install 'llm-quota-guard[postgres]'" in done.stderr
 
 
 @pytest.mark.slow

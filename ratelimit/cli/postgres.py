@@ -241,12 +241,16 @@ def _budget(args: argparse.Namespace) -> Budget | None:
 
 def _restored_line(result: Restored) -> str:
     before = "none" if result.spent_before is None else format_usd(result.spent_before)
-    added = sum(result.added.values(), Decimal(0))
+    spend = {f: usd for f, usd in result.added.items() if not f.endswith("|saved")}
+    saved = {f: usd for f, usd in result.added.items() if f.endswith("|saved")}
     parts = [
         f"{result.stream.scope}: period {result.period} spent {before} -> "
         f"{format_usd(result.spent_after)} USD",
-        f"counters +{format_usd(added)} USD over {len(result.added)} day|model field(s)",
+        f"counters +{format_usd(sum(spend.values(), Decimal(0)))} USD "
+        f"over {len(spend)} day|model field(s)",
     ]
+    if saved:
+        parts.append(f"savings +{format_usd(sum(saved.values(), Decimal(0)))} USD")
     if result.tail_entries:
         parts.append(f"{result.tail_entries:,} entries counted from the stream")
     if not result.changed:
