@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from ledger_db import fresh_database
 from ledger_helpers import (
     counters,
     pg_count,
@@ -32,6 +33,7 @@ from ledger_helpers import (
     synced,
     wait_until,
 )
+from psycopg.conninfo import conninfo_to_dict
 from topology import ServerFactory
 
 from ratelimit import Budget, Limiter, Rate
@@ -80,6 +82,18 @@ def test_once_copies_every_entry_with_every_field(r: redis.Redis, ledger_dsn: st
     again = LedgerSync(r, ledger_dsn).drain()
     assert again.inserted == again.duplicates == again.acked == 0
     assert pg_count(ledger_dsn) == 86
+
+
+def test_tags_json_cannot_take_are_stored_as_text(r: redis.Redis, ledger_dsn: str) -> None:
+    """One tag jsonb refused would stop every batch after it: odd values become text."""
+    odd = {"nested": {1: "int key", "v": [float("nan"), b"raw", None]}, "nul": "a\x00b"}
+    _limiter(r, "team-a").acquire(usd="0.01", model="m", tags=odd).settle(usd="0.01")
+
+    stats = LedgerSync(r, ledger_dsn).drain()
+
+    assert stats.inserted == 1
+    (row,) = pg_rows(ledger_dsn)
+    assert row[10] == {"nested": {"1": "int key", "v": ["nan", "raw", None]}, "nul": "a\ufffdb"}
 
 
 def test_a_redelivered_entry_is_a_no_op(r: redis.Redis, ledger_dsn: str) -> None:
@@ -266,6 +280,35 @@ def test_several_consumers_share_the_stream_and_each_entry_lands_once(
     for stream in streams:
         assert [row[1] for row in pg_rows(ledger_dsn, stream.scope)] == stream_ids(r, stream)
         assert pg_counters(ledger_dsn, stream.scope) == counters(r, stream)
+
+
+@pytest.mark.slow
+def test_a_follower_waits_out_postgresql_going_away(
+    redis_url: str, r: redis.Redis, postgres_admin: str
+) -> None:
+    with fresh_database(postgres_admin) as dsn:
+        name = conninfo_to_dict(dsn)["dbname"]
+
+        def rows() -> int:
+            try:
+                return pg_count(dsn)
+            except psycopg.errors.UndefinedTable:  # the sync has not migrated it yet
+                return -1
+
+        spend(_limiter(r, "team-a"), 20)
+        process = start_sync(dsn, redis_url, "--all")
+        try:
+            wait_until(lambda: rows() == 20, "the first rows")
+            with psycopg.connect(postgres_admin, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # its connection too
+                spend(_limiter(r, "team-a"), 15)  # these cannot be committed now
+                wait_until(lambda: not sync_lag(r)[0].synced, "entries waiting")
+                admin.execute(f'CREATE DATABASE "{name}"')  # back, empty
+            wait_until(lambda: rows() == 15 and sync_lag(r)[0].synced, "the rest")
+        finally:
+            code, err = stop_sync(process)
+    assert code == 0, err
+    assert "trying again" in err
 
 
 def test_following_with_all_finds_scopes_created_later(

@@ -26,7 +26,14 @@ import redis
 from ratelimit.cli.output import EXIT_ERROR, format_usd
 from ratelimit.core.settings import Budget
 from ratelimit.errors import LimiterError, RestoreRefused
-from ratelimit.postgres.streams import LedgerStream, named
+from ratelimit.postgres.streams import (
+    DEFAULT_BATCH,
+    DEFAULT_BLOCK_MS,
+    DEFAULT_CLAIM_IDLE_S,
+    DEFAULT_RESCAN_S,
+    LedgerStream,
+    named,
+)
 
 if TYPE_CHECKING:  # the postgres extra may be missing: imported where used
     from ratelimit.postgres.restore import Restored
@@ -111,7 +118,7 @@ def add_postgres_commands(commands: argparse._SubParsersAction[argparse.Argument
     where.add_argument(
         "--claim-idle",
         type=_nonnegative_float,
-        default=60.0,
+        default=DEFAULT_CLAIM_IDLE_S,
         metavar="S",
         help="take over entries pending this long with another sync: it died "
         "(default: %(default)g)",
@@ -128,14 +135,19 @@ def add_postgres_commands(commands: argparse._SubParsersAction[argparse.Argument
     sync.add_argument("--to", metavar="DSN", required=True, help="the PostgreSQL database")
     sync.add_argument("--once", action="store_true", help="sync what is there now, then exit")
     sync.add_argument(
-        "--batch", type=_count, default=500, metavar="N", help="entries per transaction"
+        "--batch",
+        type=_count,
+        default=DEFAULT_BATCH,
+        metavar="N",
+        help="entries per transaction (default: %(default)s)",
     )
     sync.add_argument(
         "--rescan",
         type=_nonnegative_float,
-        default=10.0,
+        default=DEFAULT_RESCAN_S,
         metavar="S",
-        help="with --all, look for new scopes this often (default: %(default)g)",
+        help="with --all, look for new scopes this often (a SCAN of the keyspace; "
+        "default: %(default)g)",
     )
     sync.add_argument("--consumer", metavar="NAME", help="consumer name (default: host-pid)")
     sync.set_defaults(handler=run_sync, usage_error=sync.error)
@@ -201,7 +213,7 @@ def run_sync(args: argparse.Namespace) -> int:
     check_scopes(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        from ratelimit.postgres.sync import DEFAULT_BLOCK_MS, LedgerSync
+        from ratelimit.postgres.sync import LedgerSync
     except ImportError as exc:
         return _report("sync", _missing_extra(exc))
     client = _redis(args.redis_url, DEFAULT_BLOCK_MS / 1000)

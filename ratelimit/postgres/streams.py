@@ -3,7 +3,8 @@
 Every budgeted scope writes its ledger to ``rl:v2:{<slot>}:<name>:ledger``
 (see :class:`ratelimit.core.keys.ScopeKeys`). ``ratelimit sync --all`` finds
 them by SCAN; a scope named on the command line is ``slot`` = its name unless
-``--slot`` says otherwise. This module reads Redis only: it works without the
+``--slot`` says otherwise; the sync's group and its defaults are named here
+too. This module reads Redis only: it works without the
 ``postgres`` extra (``ratelimit doctor`` uses it through :mod:`.lag`).
 """
 
@@ -20,6 +21,17 @@ from ratelimit.core.numbers import text
 
 #: The consumer group every ``ratelimit sync`` joins, on every ledger stream.
 SYNC_GROUP = "ratelimit-sync"
+
+# How a sync reads the streams by default (the options of ``ratelimit sync``).
+#: Entries read (and inserted in one transaction) at a time, per stream.
+DEFAULT_BATCH = 500
+#: How long one XREADGROUP waits for new entries, in milliseconds.
+DEFAULT_BLOCK_MS = 1000
+#: Entries pending this long (seconds) with a consumer are taken over: it died.
+DEFAULT_CLAIM_IDLE_S = 60.0
+#: With every stream (``--all``), SCAN for new scopes this often, in seconds: a new
+#: scope's entries wait at most this long, and none is missed (read from ID 0).
+DEFAULT_RESCAN_S = 30.0
 
 LEDGER_SUFFIX = ":ledger"
 #: SCAN pattern of every ledger stream (its type is checked too).

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -38,28 +39,21 @@ from ratelimit.core.numbers import text
 from ratelimit.errors import BackendError, LedgerStoreError
 from ratelimit.ledger import LedgerEntry, parse_entry
 from ratelimit.postgres.schema import Connection, connect, migrate
-from ratelimit.postgres.streams import SYNC_GROUP, LedgerStream, discover, id_order
+from ratelimit.postgres.streams import (
+    DEFAULT_BATCH,
+    DEFAULT_BLOCK_MS,
+    DEFAULT_CLAIM_IDLE_S,
+    DEFAULT_RESCAN_S,
+    SYNC_GROUP,
+    LedgerStream,
+    discover,
+    id_order,
+)
 
-__all__ = [
-    "DEFAULT_BATCH",
-    "DEFAULT_BLOCK_MS",
-    "DEFAULT_CLAIM_IDLE_S",
-    "DEFAULT_RESCAN_S",
-    "LedgerSync",
-    "SyncStats",
-    "consumer_name",
-]
+__all__ = ["LedgerSync", "SyncStats", "consumer_name", "insert_entries"]
 
 log = logging.getLogger("ratelimit")
 
-#: Entries read (and inserted in one transaction) at a time, per stream.
-DEFAULT_BATCH = 500
-#: How long one XREADGROUP waits for new entries, in milliseconds.
-DEFAULT_BLOCK_MS = 1000
-#: Entries pending this long (seconds) with a consumer are taken over: it died.
-DEFAULT_CLAIM_IDLE_S = 60.0
-#: With every stream (``--all``), SCAN for new scopes this often, in seconds.
-DEFAULT_RESCAN_S = 10.0
 #: Waits between attempts after PostgreSQL or Redis failed, in seconds (doubling).
 FIRST_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
@@ -133,8 +127,29 @@ def _clean(value: str) -> str:
     return value.replace("\x00", "\ufffd")
 
 
+def _jsonable(value: Any) -> Any:
+    """Tags and tokens as JSON that jsonb takes: string keys, no NaN, no NUL, no bytes.
+
+    One value it refused would stop every batch after it, so anything
+    unusual is written as text rather than refused.
+    """
+    if isinstance(value, Mapping):
+        return {_clean(k if isinstance(k, str) else str(k)): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str):
+        return _clean(value)
+    if isinstance(value, bytes):
+        return _clean(value.decode("utf-8", "replace"))
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _clean(str(value))
+
+
 def _json(value: Mapping[str, Any]) -> str:
-    return _clean(json.dumps(value, sort_keys=True, default=str, ensure_ascii=False))
+    return json.dumps(_jsonable(value), ensure_ascii=False, allow_nan=False)
 
 
 def insert_entries(conn: Connection, entries: Sequence[LedgerEntry]) -> tuple[int, int]:
