@@ -8,7 +8,6 @@ and ``sync`` and ``restore`` (:mod:`ratelimit.cli.postgres`).
 from __future__ import annotations
 
 import argparse
-import math
 import secrets
 import sys
 from datetime import UTC, date, datetime
@@ -19,27 +18,8 @@ from ratelimit.cli.demo.workload import DEFAULT_ITPM, DEFAULT_OTPM, DEFAULT_RPM
 from ratelimit.cli.output import EXIT_ERROR, EXIT_INTERRUPTED
 from ratelimit.cli.postgres import add_postgres_commands
 from ratelimit.cli.readers import run_alerts, run_ledger, run_spend
+from ratelimit.cli.values import positive_float, positive_int
 from ratelimit.core.keys import ALERT_CHANNEL
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _instant(text: str) -> datetime:
@@ -151,14 +131,14 @@ def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     run = demo.add_argument_group("run")
     run.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         metavar="N",
         help="worker processes (spawned; default: %(default)s)",
     )
     run.add_argument(
         "--seconds",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="how long the workers keep calling (default: %(default)g)",
@@ -173,25 +153,25 @@ def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     limits = demo.add_argument_group("quota")
     limits.add_argument(
         "--rpm",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_RPM,
         help=f"requests per minute (default: {DEFAULT_RPM:,.0f})",
     )
     limits.add_argument(
         "--itpm",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_ITPM,
         help=f"input tokens per minute (default: {DEFAULT_ITPM:,.0f})",
     )
     limits.add_argument(
         "--otpm",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_OTPM,
         help=f"output tokens per minute (default: {DEFAULT_OTPM:,.0f})",
     )
     limits.add_argument(
         "--burst-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         metavar="S",
         help="bucket capacity as seconds of each rate, at least one call's worth; "
@@ -265,7 +245,7 @@ def _add_reader_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     alerts.add_argument(
         "--count",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="with --follow, stop after N alerts; without, show the last N",
     )

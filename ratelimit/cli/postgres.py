@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from ratelimit.cli.output import EXIT_ERROR, format_usd
+from ratelimit.cli.values import nonnegative_float, positive_int
 from ratelimit.core.settings import Budget
 from ratelimit.errors import LimiterError, RestoreRefused
 from ratelimit.postgres.streams import (
@@ -81,33 +82,16 @@ examples:
 """
 
 
-def _nonnegative_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not number >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return number
-
-
-def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
-    return number
-
-
 def add_postgres_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``sync`` and ``restore``."""
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("scopes")
     where.add_argument("scopes", metavar="SCOPE", nargs="*", help="the limiters' names")
     where.add_argument(
-        "--all", action="store_true", help="every scope (sync: found by SCAN, again while it runs)"
+        "--all",
+        action="store_true",
+        help="every scope (sync: found by SCAN, and again while it runs; restore: "
+        "every scope the syncs have copied)",
     )
     where.add_argument(
         "--slot", metavar="SLOT", help="the scopes' hash tag when their Limiter has slot=..."
@@ -117,33 +101,41 @@ def add_postgres_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     where.add_argument(
         "--claim-idle",
-        type=_nonnegative_float,
+        type=nonnegative_float,
         default=DEFAULT_CLAIM_IDLE_S,
         metavar="S",
         help="take over entries pending this long with another sync: it died "
         "(default: %(default)g)",
     )
 
-    sync = commands.add_parser(
+    def add(name: str, help_text: str, description: str, epilog: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=description,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    sync = add(
         "sync",
-        parents=[common],
-        help="copy every ledger entry into PostgreSQL, exactly once",
-        description="Copy every ledger entry into PostgreSQL exactly once, then follow new ones.",
-        epilog=SYNC_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "copy every ledger entry into PostgreSQL, exactly once",
+        "Copy every ledger entry into PostgreSQL exactly once, then follow new ones.",
+        SYNC_EPILOG,
     )
     sync.add_argument("--to", metavar="DSN", required=True, help="the PostgreSQL database")
     sync.add_argument("--once", action="store_true", help="sync what is there now, then exit")
     sync.add_argument(
         "--batch",
-        type=_count,
+        type=positive_int,
         default=DEFAULT_BATCH,
         metavar="N",
         help="entries per transaction (default: %(default)s)",
     )
     sync.add_argument(
         "--rescan",
-        type=_nonnegative_float,
+        type=nonnegative_float,
         default=DEFAULT_RESCAN_S,
         metavar="S",
         help="with --all, look for new scopes this often (a SCAN of the keyspace; "
@@ -152,15 +144,15 @@ def add_postgres_commands(commands: argparse._SubParsersAction[argparse.Argument
     sync.add_argument("--consumer", metavar="NAME", help="consumer name (default: host-pid)")
     sync.set_defaults(handler=run_sync, usage_error=sync.error)
 
-    restore = commands.add_parser(
+    restore = add(
         "restore",
-        parents=[common],
-        help="rebuild the spend Redis lost from the ledger of record",
-        description="Rebuild the spend Redis lost from the ledger of record in PostgreSQL.",
-        epilog=RESTORE_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "rebuild the spend Redis lost from the ledger of record",
+        "Rebuild the spend Redis lost from the ledger of record in PostgreSQL.",
+        RESTORE_EPILOG,
     )
-    restore.add_argument("--from", dest="source", metavar="DSN", required=True)
+    restore.add_argument(
+        "--from", dest="source", metavar="DSN", required=True, help="the PostgreSQL database"
+    )
     restore.add_argument(
         "--no-sync",
         action="store_true",
@@ -169,7 +161,9 @@ def add_postgres_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     budget = restore.add_argument_group("budget, to rebuild a budget key that is gone")
     budget.add_argument("--limit", metavar="USD", help="the budget's limit per period")
-    budget.add_argument("--per", choices=("day", "month"), default="day")
+    budget.add_argument(
+        "--per", choices=("day", "month"), default="day", help="its period (default: day)"
+    )
     budget.add_argument("--tz", default="UTC", metavar="ZONE", help="IANA zone (default: UTC)")
     restore.set_defaults(handler=run_restore, usage_error=restore.error)
 
