@@ -184,7 +184,7 @@ class Job:
 
     def prepare(self) -> Callable[[float], WorkerResult]:
         limiter = quota(self.url, self.name, self.rates)
-        limiter.client.ping()
+        limiter.check_deployment()  # before the measured window: it is one call more
         return functools.partial(_work, self, limiter=limiter)
 
 

@@ -139,19 +139,24 @@ class _Ours:
         self.client = redis.Redis.from_url(url)
 
     def admitter(self, name: str) -> Admit:
+        # Each checks its deployment first: one call, before anything is measured.
         if self.kind == "ours_3dim":
             wide = quota(self.client, name, THREE_DIM)
+            wide.check_deployment()
             return lambda: wide.try_acquire(**COSTS_3) is not None
         if self.kind == "ours_cycle":
             narrow = quota(self.client, name, ONE_DIM)
+            narrow.check_deployment()
             return lambda: _cycle(narrow, {}, {"requests": 1})
         if self.kind == "ours_budget_cycle":
             budgeted = Limiter(
                 self.client, name, requests=UNLIMITED, usd=Budget(BIG_BUDGET_USD, per="day")
             )
+            budgeted.check_deployment()
             reserve = {"usd": RESERVE_USD, "model": MODEL}
             return lambda: _cycle(budgeted, reserve, {"usd": ACTUAL_USD})
         limiter = quota(self.client, name, ONE_DIM)
+        limiter.check_deployment()
         return lambda: limiter.try_acquire() is not None
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 -- budget: check and debit every rate dimension and reserve every budget's
 -- cost together, or nothing. Redis remembers the permit (its reservation and
 -- lease) so a crashed worker's reservation is reclaimed and charged.
--- lib: clock ttl bucket rates book args budget alerts msgpack ledger permit finish reclaim
+-- lib: clock bucket rates book args budget permit
 --
 -- KEYS[1]  permits hash, KEYS[2] leases sorted set, then the scopes' keys
 --          (lib/args.lua)
@@ -20,9 +20,10 @@
 --          later than max_wait_us (-1 when never); nothing was taken.
 --          {-1, now_us, notes, j, spent, reserved, limit, period_end_us}:
 --          scope j's budget cannot take the cost this period; waiting won't help.
---          {-2, now_us, notes}: the budget periods sent do not hold now_us.
---          notes (lib/args.lua): alerts crossed by permits reclaimed during
---          this call; seen: the budgets' spend (lib/budget.lua).
+--          {-2, now_us, false}: the budget periods sent do not hold now_us.
+--          {-3, now_us, false}: permits whose lease ended hold reservations:
+--          run reclaim.lua, then send this again. Nothing changed.
+--          notes (lib/args.lua); seen: the budgets' spend (lib/budget.lua).
 -- A retry with the same permit id (a reply lost to a timeout) returns the
 -- first booking again instead of booking twice.
 
@@ -37,7 +38,9 @@ if booked then
   return { 1, now, false, math.max(0, decode_record(booked).admit - now), {} }
 end
 if not periods_hold(scopes, now) then return { -2, now, false } end
-reclaim_expired(scopes, now, out)
+if redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, 1)[1] then
+  return { -3, now, false }
+end
 
 for _, scope in ipairs(scopes) do read_rates(scope, now, out.events) end
 local admit = admission_time(scopes, now)

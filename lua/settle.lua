@@ -1,6 +1,6 @@
 -- settle.lua: turn a permit's reservation into its actual cost, once, on
 -- scopes of which at least one has a budget (acquire.lua made the permit).
--- lib: clock ttl bucket rates args budget alerts msgpack ledger permit finish lower reclaim
+-- lib: clock ttl bucket rates args budget alerts msgpack ledger permit finish lower
 --
 -- KEYS[1]  permits hash, KEYS[2] leases sorted set, then the scopes' keys
 --          (lib/args.lua)
@@ -52,5 +52,4 @@ for j in pairs(lower_to(scopes, figures, now)) do scopes[j].changed = true end
 for _, scope in ipairs(scopes) do
   if scope.changed then write_rates(scope, now) end
 end
-reclaim_expired(scopes, now, out)
 return { 1, now, notes(out.alerts, out.events), out.overshoots, seen_spend(scopes) }

@@ -26,9 +26,14 @@ local keep_ms = math.ceil((window_end - now) / 1000) + 1
 if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', keep_ms) then return { 0, now, false } end
 local events = {}
 for _, scope in ipairs(scopes) do
-  read_rates(scope, now, events)
-  for _, d in ipairs(scope.rates) do
-    if d.amount ~= 0 and credit(d, d.amount, admit, now) then scope.changed = true end
+  -- A settle that gives back nothing and owes nothing leaves the buckets alone.
+  local moves = figures ~= ''
+  for _, d in ipairs(scope.rates) do moves = moves or d.amount ~= 0 end
+  if moves then
+    read_rates(scope, now, events)
+    for _, d in ipairs(scope.rates) do
+      if d.amount ~= 0 and credit(d, d.amount, admit, now) then scope.changed = true end
+    end
   end
 end
 for j in pairs(lower_to(scopes, figures, now)) do scopes[j].changed = true end

@@ -8,8 +8,10 @@
 ...                   output_tokens=Rate(400_000, per=60))   # doctest: +SKIP
 
 The asyncio client is :mod:`ratelimit.asyncio`, with the same names.
+:func:`load_config` builds the same limiters from one file (:mod:`ratelimit.config_file`).
 """
 
+from ratelimit.config_file import Config, load_config
 from ratelimit.core.keys import ALERT_CHANNEL
 from ratelimit.core.results import (
     Alert,
@@ -23,10 +25,13 @@ from ratelimit.errors import (
     AcquireTimeout,
     BackendError,
     BudgetExceeded,
+    ConfigError,
     CostExceedsCapacity,
     InvalidArgument,
     InvalidArgumentType,
     LimiterError,
+    RedisMisconfigured,
+    RedisRefused,
     RedisUnavailable,
     UnknownDimension,
     UnknownModel,
@@ -42,6 +47,8 @@ __all__ = [
     "Budget",
     "BudgetExceeded",
     "BudgetState",
+    "Config",
+    "ConfigError",
     "CostExceedsCapacity",
     "DimensionState",
     "InvalidArgument",
@@ -53,9 +60,12 @@ __all__ = [
     "Permit",
     "Pricing",
     "Rate",
+    "RedisMisconfigured",
+    "RedisRefused",
     "RedisUnavailable",
     "Retention",
     "Settlement",
     "UnknownDimension",
     "UnknownModel",
+    "load_config",
 ]

@@ -8,8 +8,10 @@ same flows of :mod:`ratelimit.core`; only the I/O differs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from types import TracebackType
@@ -20,9 +22,11 @@ import redis.asyncio.cluster
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from ratelimit import ledger, scripts
-from ratelimit.backend import backend_error
+from ratelimit import checks, ledger, metrics, scripts
+from ratelimit.backend import FailoverWait, backend_error
 from ratelimit.backend import connect_async as connect
+from ratelimit.batching import ScriptBatcher, batcher_for
+from ratelimit.checks import Verdict
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
 from ratelimit.core.calls import Flow, ScriptCall
 from ratelimit.core.entries import UsagePricer
@@ -30,7 +34,7 @@ from ratelimit.core.plan import log
 from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
 from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
 from ratelimit.core.settings import Retention
-from ratelimit.errors import AcquireTimeout
+from ratelimit.errors import AcquireTimeout, RedisMisconfigured, RedisRefused, RedisUnavailable
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
 
@@ -41,9 +45,17 @@ R = TypeVar("R")
 
 
 async def drive(
-    client: AsyncClient, flow: Flow[R], scripts: Mapping[str, AsyncScript] | None = None
+    client: AsyncClient,
+    flow: Flow[R],
+    scripts: Mapping[str, AsyncScript] | None = None,
+    batcher: ScriptBatcher | None = None,
 ) -> R:
-    """Asyncio twin of :func:`ratelimit.limiter.drive`."""
+    """Asyncio twin of :func:`ratelimit.limiter.drive`.
+
+    With a ``batcher``, script calls that meet other tasks' on the wire go
+    out together in one pipeline (:mod:`ratelimit.batching`).
+    """
+    failover = FailoverWait()
     try:
         call = next(flow)
         while True:
@@ -51,10 +63,18 @@ async def drive(
                 if isinstance(call, ScriptCall):
                     if scripts is None:
                         raise TypeError(f"no scripts to run {call.script!r} with")
-                    reply = await scripts[call.script](keys=call.keys, args=call.args)
+                    script = scripts[call.script]
+                    if batcher is None:
+                        reply = await script(keys=call.keys, args=call.args)
+                    else:
+                        reply = await batcher.call(script, call.keys, call.args)
                 else:
                     reply = await getattr(client, call.method)(*call.args, **call.kwargs)
             except redis.exceptions.RedisError as exc:
+                pause = failover.next_pause(exc)
+                if pause is not None:
+                    await asyncio.sleep(pause)
+                    continue  # the same call again, to the new primary
                 error = backend_error(exc)
                 error.__cause__ = exc
                 call = flow.throw(error)
@@ -65,17 +85,32 @@ async def drive(
         return result
 
 
+#: The clients (and kinds of scope: with a budget or not) whose deployment was
+#: checked in this process.
+_checked_clients: weakref.WeakKeyDictionary[Any, set[bool]] = weakref.WeakKeyDictionary()
+
+
 class _Shell(LimiterBase):
     """Asyncio twin of the sync shell: what a Limiter and a LimiterGroup share."""
 
     client: AsyncClient
     _scripts: dict[str, AsyncScript]
+    _batcher: ScriptBatcher | None
+
+    _deployment_ok = False
+    _check_lock: asyncio.Lock | None = None
 
     def _default_pricer(self) -> UsagePricer:
         return Pricing.default()
 
     async def _drive(self, flow: Flow[R]) -> R:
-        return await drive(self.client, flow, self._scripts)
+        return await drive(self.client, flow, self._scripts, self._batcher)
+
+    async def _run(self, script: str, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """One script call, batched with other tasks' when they meet on the wire."""
+        if self._batcher is None:
+            return await self._scripts[script](keys=keys, args=args)
+        return await self._batcher.call(self._scripts[script], keys, args)
 
     def _permit(
         self,
@@ -109,6 +144,61 @@ class _Shell(LimiterBase):
             except Exception:
                 log.exception("the on_alert callback failed for %s", alert)
 
+    async def check_deployment(self) -> list[Verdict]:
+        """Check the server against what the limiter's promises need.
+
+        Logs a ``WARNING`` for each problem (an eviction policy that can take
+        the limiter's keys, budgets without AOF, an old server, replicas
+        without ``min-replicas-to-write``) and returns every verdict. Raises
+        :class:`~ratelimit.errors.RedisMisconfigured` when the Redis user may
+        not run a command the scripts need. It runs by itself before a
+        client's first admission; ``ratelimit doctor`` runs it from a shell.
+        """
+        kind = bool(self._plan.budget_names)
+        verdicts: list[Verdict] = []
+        try:
+            info = await self.client.info()
+        except redis.exceptions.RedisError as exc:
+            error = backend_error(exc)
+            if isinstance(error, RedisUnavailable | RedisRefused):
+                raise error from exc
+            # A managed service (or fakeredis) may not allow INFO: say so, and go on.
+            verdicts.append(Verdict("server", None, f"INFO is not available: {exc}"))
+        else:
+            for node in checks.nodes(info):
+                verdicts += checks.server_verdicts(node, budgets=kind)
+        keys, args = self._check_call()
+        try:
+            denied = await self._scripts["check"](keys=keys, args=args)
+        except redis.exceptions.RedisError as exc:
+            raise backend_error(exc) from exc
+        acl = checks.acl_verdicts(denied)
+        verdicts += acl
+        checks.warn(verdicts)
+        if acl[0].ok is False:
+            raise RedisMisconfigured(acl[0].detail)
+        _checked_clients.setdefault(self.client, set()).add(kind)
+        self._deployment_ok = True
+        return verdicts
+
+    async def _checked(self) -> None:
+        """The deployment checks, once per client and kind of scope, before admitting.
+
+        Concurrent first calls wait for one check. An unreachable Redis is
+        checked later: the call itself says what happened.
+        """
+        if self._deployment_ok:
+            return
+        if bool(self._plan.budget_names) in _checked_clients.get(self.client, ()):
+            self._deployment_ok = True
+            return
+        if self._check_lock is None:
+            self._check_lock = asyncio.Lock()
+        async with self._check_lock:
+            if not self._deployment_ok:
+                with contextlib.suppress(RedisUnavailable):
+                    await self.check_deployment()
+
     async def _book(
         self,
         costs: Mapping[str, object],
@@ -116,25 +206,28 @@ class _Shell(LimiterBase):
         model: str | None,
         tags: Mapping[str, object] | None,
     ) -> Booking:
+        await self._checked()
         plan = self._plan
         if plan.quick and model is None and tags is None:
             amounts, args = plan.quick_call(costs, timeout_s)
             try:
-                reply = await self._scripts["acquire_rates"](
-                    keys=plan.parts[0].lean_keys, args=args
-                )
+                reply = await self._run("acquire_rates", plan.parts[0].lean_keys, args)
             except redis.exceptions.RedisError:
                 pass  # the flow below tries again, and applies on_redis_error
             else:
                 result = plan.quick_result(reply, amounts, timeout_s, self._permit)
                 if isinstance(result, AcquireTimeout):
-                    return Booking(None, result, ())
-                return Booking(result, None, ())
+                    booking = Booking(None, result, ())
+                else:
+                    booking = Booking(result, None, ())
+                metrics.booked(plan.scopes, booking)
+                return booking
         booking = await self._drive(
             plan.acquire(
                 costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit
             )
         )
+        metrics.booked(plan.scopes, booking)
         await self._deliver(booking.alerts)
         return booking
 
@@ -271,6 +364,9 @@ class Limiter(_Shell):
             script: self.client.register_script(scripts.source(script))
             for script in scripts.SCRIPT_NAMES
         }
+        # A cluster client routes each call to its slot's node: no batching there.
+        client = self.client
+        self._batcher = batcher_for(client) if isinstance(client, redis.asyncio.Redis) else None
 
     async def ledger_entries(
         self,
@@ -306,6 +402,7 @@ class LimiterGroup(_Shell):
         self.limiters = limiters
         self.client = limiters[0].client
         self._scripts = limiters[0]._scripts
+        self._batcher = limiters[0]._batcher
 
 
 class Permit(PermitData):
@@ -373,7 +470,7 @@ class Permit(PermitData):
             self.id, self.admitted_at_us, self.reserved_micro, actual, remaining=remaining
         )
         try:
-            reply = await self.limiter._scripts[call.script](keys=call.keys, args=call.args)
+            reply = await self.limiter._run(call.script, call.keys, call.args)
         except redis.exceptions.RedisError:
             # The flow tries again (the settle marker makes a repeat count once)
             # and reports the error as every settle does.

@@ -6,41 +6,191 @@ them and turns redis-py's errors into ours.
 
 from __future__ import annotations
 
+import ssl
+import time
+from urllib.parse import urlsplit
+
 import redis
 import redis.asyncio
 import redis.exceptions
 
-from ratelimit.errors import BackendError, RedisUnavailable
+from ratelimit.errors import (
+    BackendError,
+    InvalidArgument,
+    InvalidArgumentType,
+    RedisMisconfigured,
+    RedisRefused,
+    RedisUnavailable,
+)
 
 #: Socket timeouts of a client built from a URL: an outage is noticed in
 #: about a second instead of hanging workers.
 URL_SOCKET_TIMEOUT_S = 1.0
 
+#: How long a call waits for a free connection of a URL-built client's pool
+#: (a busy pool is not an outage: the call waits its turn, within this bound).
+URL_POOL_WAIT_S = 10.0
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _checked(url: object) -> str:
+    if not isinstance(url, str):
+        raise InvalidArgumentType(f"a Redis URL must be a str, not {type(url).__name__}")
+    scheme = urlsplit(url).scheme
+    if scheme not in _SCHEMES:
+        raise InvalidArgument(
+            f"unsupported Redis URL {url.split('@')[-1]!r}: it must start with redis://, "
+            "rediss:// (TLS) or unix://"
+        )
+    return url
+
 
 def connect(url: str) -> redis.Redis:
-    """A client for ``url`` with the short socket timeouts a limiter wants."""
-    return redis.Redis.from_url(
-        url, socket_timeout=URL_SOCKET_TIMEOUT_S, socket_connect_timeout=URL_SOCKET_TIMEOUT_S
+    """A client for ``url`` with the short socket timeouts a limiter wants.
+
+    Its pool blocks: a thread that finds every connection in use waits for one
+    (up to :data:`URL_POOL_WAIT_S`) instead of failing.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
+        _checked(url),
+        socket_timeout=URL_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
+        timeout=URL_POOL_WAIT_S,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def connect_async(url: str) -> redis.asyncio.Redis:
-    """An asyncio client for ``url`` with the short socket timeouts a limiter wants."""
-    return redis.asyncio.Redis.from_url(
-        url, socket_timeout=URL_SOCKET_TIMEOUT_S, socket_connect_timeout=URL_SOCKET_TIMEOUT_S
+    """An asyncio client for ``url`` with the short socket timeouts a limiter wants.
+
+    Its pool blocks too; a limiter's own script calls use one connection of
+    it whatever the concurrency (:mod:`ratelimit.batching`).
+    """
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        _checked(url),
+        socket_timeout=URL_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
+        timeout=URL_POOL_WAIT_S,
     )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
-_UNREACHABLE = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
+#: How long a call keeps trying while Redis refuses writes in a failover (a
+#: demoted primary, too few replicas, a slot without a primary): long enough
+#: for Sentinel or a cluster to promote a replica, then it raises.
+FAILOVER_WAIT_S = 10.0
+
+_FAILOVER_SIGNS = (
+    "READONLY",
+    "NOREPLICAS",
+    "previous master is now a slave",
+    "No master found",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
 )
 
 
+def _tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "CERTIFICATE_VERIFY_FAILED" in str(exc) or "SSL:" in str(exc)
+
+
 def backend_error(exc: redis.exceptions.RedisError) -> BackendError:
-    """Our error for a redis-py one (the caller chains it with ``raise ... from``)."""
-    if isinstance(exc, _UNREACHABLE):
-        return RedisUnavailable(f"Redis is unreachable: {exc}")
-    return BackendError(f"Redis refused a limiter script: {exc}")
+    """Our error for a redis-py one (the caller chains it with ``raise ... from``).
+
+    Only reachability is an outage (:class:`RedisUnavailable`, where
+    ``on_redis_error`` applies); a misconfiguration (:class:`RedisMisconfigured`)
+    and a refused write (:class:`RedisRefused`) always raise.
+    """
+    text = str(exc)
+    misconfigured = _misconfiguration(exc, text)
+    if misconfigured is not None:
+        return RedisMisconfigured(f"{misconfigured} ({text})")
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
+        return RedisRefused(
+            f"Redis is out of memory and refuses writes; nothing was admitted ({text}). "
+            "Give it memory, or a dedicated instance with maxmemory-policy noeviction"
+        )
+    if is_failover(exc):
+        return RedisRefused(
+            f"Redis refused the write during a failover or without enough replicas ({text})"
+        )
+    if isinstance(exc, redis.exceptions.MaxConnectionsError):
+        return RedisMisconfigured(
+            f"the client's connection pool is full ({text}): give it more connections or a "
+            "redis.BlockingConnectionPool (a limiter built from a URL has one)"
+        )
+    if isinstance(
+        exc,
+        redis.exceptions.ConnectionError | redis.exceptions.TimeoutError,
+    ) or text.startswith("LOADING"):
+        return RedisUnavailable(f"Redis is unreachable: {text}")
+    if "MISCONF" in text:
+        return RedisRefused(f"Redis cannot persist and refuses writes ({text})")
+    return BackendError(f"Redis refused a limiter script: {text}")
+
+
+class FailoverWait:
+    """Paces the retries of one call while Redis refuses writes in a failover.
+
+    A refused script wrote nothing (it is refused at its first write), so
+    sending it again is safe; the client's pool finds the new primary
+    meanwhile (Sentinel, cluster slots).
+    """
+
+    def __init__(self) -> None:
+        self._deadline: float | None = None
+        self._pause_s = 0.05
+
+    def next_pause(self, exc: BaseException) -> float | None:
+        """Seconds to wait before sending the call again, or None to give up."""
+        if not is_failover(exc):
+            return None
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + FAILOVER_WAIT_S
+        if now >= self._deadline:
+            return None
+        pause = min(self._pause_s, self._deadline - now)
+        self._pause_s = min(self._pause_s * 2, 0.5)
+        return pause
+
+
+def is_failover(exc: BaseException) -> bool:
+    """Whether Redis refused because a failover is under way (worth trying again)."""
+    if isinstance(exc, redis.exceptions.ReadOnlyError | redis.exceptions.ClusterDownError):
+        return True
+    if isinstance(exc, redis.exceptions.TryAgainError):
+        return True
+    text = str(exc)
+    return any(sign in text for sign in _FAILOVER_SIGNS)
+
+
+def _misconfiguration(exc: redis.exceptions.RedisError, text: str) -> str | None:
+    """What to fix, when ``exc`` says this client is set up wrong; else None."""
+    if isinstance(
+        exc,
+        redis.exceptions.AuthenticationError
+        | redis.exceptions.AuthenticationWrongNumberOfArgsError,
+    ) or text.startswith(("WRONGPASS", "NOAUTH")):
+        return "Redis refused the credentials: check the username and password in the URL"
+    if isinstance(
+        exc, redis.exceptions.NoPermissionError | redis.exceptions.AuthorizationError
+    ) or text.startswith("NOPERM"):
+        return (
+            "the Redis user is not allowed a command, key or channel the limiter needs: "
+            "see the ACL rule in the README's Deploying section"
+        )
+    if isinstance(exc, redis.exceptions.ConnectionError) and _tls_failure(exc):
+        return (
+            "the TLS connection failed: check the rediss:// URL, ssl_ca_certs and the "
+            "server's certificate"
+        )
+    if "Invalid Database" in text or "DB index is out of range" in text:
+        return "the database number in the URL does not exist on this server"
+    return None

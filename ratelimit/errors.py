@@ -33,6 +33,29 @@ class CostExceedsCapacity(InvalidArgument):
     """A cost is larger than its bucket can ever hold, so waiting would never end."""
 
 
+class ConfigError(InvalidArgument):
+    """A configuration file (:func:`ratelimit.load_config`) cannot be used as written.
+
+    The message starts with ``<file>:<line>: <key>:``, the way compilers report,
+    and the same are in ``file``, ``line`` (1-based; None when the file could
+    not be read at all) and ``key`` (dotted, as the file spells it; "" for the
+    file as a whole). Nothing is built from a file with an error in it.
+    """
+
+    def __init__(self, problem: str, *, file: str, line: int | None, key: str) -> None:
+        where = file if line is None else f"{file}:{line}"
+        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
+        self.problem = problem
+        self.file = file
+        self.line = line
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Unpickled, the class is called again with the keyword-only details.
+        rebuild = functools.partial(type(self), file=self.file, line=self.line, key=self.key)
+        return rebuild, (self.problem,), self.__dict__
+
+
 class AcquireTimeout(LimiterError):
     """Admission would come later than the caller's timeout; nothing was consumed.
 
@@ -79,15 +102,40 @@ class NoCurrentPermit(LimiterError, LookupError):
     """``current_permit()`` was called outside the body of a ``rate_limited`` task."""
 
 
+class MissingExtra(LimiterError, ImportError):
+    """A feature needs an optional extra that is not installed; the message names it."""
+
+
 class ServerNotFound(LimiterError):
     """No server binary for the requested engine is installed, or it would not start."""
 
 
 class RedisUnavailable(BackendError):
-    """Redis could not be reached (connection refused, timed out, cluster down).
+    """Redis could not be reached (connection refused or reset, timed out, loading).
 
     What admission does then is the limiter's ``on_redis_error`` choice:
     ``"raise"`` this error, ``"allow"`` the call unmetered, or ``"deny"`` it.
+    """
+
+
+class RedisMisconfigured(BackendError):
+    """Redis answers, but not to this client as configured: a wrong password, an
+    ACL user without a command, key or channel it needs, a TLS certificate that
+    does not verify, a database that does not exist, a full connection pool.
+
+    Never admitted unmetered, whatever ``on_redis_error`` says: the message
+    says what to fix, and the cause is chained.
+    """
+
+
+class RedisRefused(BackendError):
+    """Redis refused to write, in a state it is in: out of memory, a replica (or a
+    demoted primary) that is read-only, too few replicas for
+    ``min-replicas-to-write``, a cluster slot without a primary.
+
+    Nothing was written (a script is refused at its first write). A limiter
+    retries for a few seconds, so that a failover's new primary is found, then
+    raises this; never admitted unmetered.
     """
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -16,8 +18,9 @@ import redis.cluster
 import redis.exceptions
 from redis.commands.core import Script
 
-from ratelimit import ledger, scripts
-from ratelimit.backend import backend_error, connect
+from ratelimit import checks, ledger, metrics, scripts
+from ratelimit.backend import FailoverWait, backend_error, connect
+from ratelimit.checks import Verdict
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
 from ratelimit.core.calls import Flow, ScriptCall
 from ratelimit.core.entries import UsagePricer
@@ -25,7 +28,7 @@ from ratelimit.core.plan import log
 from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
 from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
 from ratelimit.core.settings import Retention
-from ratelimit.errors import AcquireTimeout
+from ratelimit.errors import AcquireTimeout, RedisMisconfigured, RedisRefused, RedisUnavailable
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
 
@@ -41,6 +44,7 @@ def drive(client: SyncClient, flow: Flow[R], scripts: Mapping[str, Script] | Non
     ``scripts`` carries out its script calls; a flow of plain reads (the
     ledger's) needs none.
     """
+    failover = FailoverWait()
     try:
         call = next(flow)
         while True:
@@ -52,6 +56,10 @@ def drive(client: SyncClient, flow: Flow[R], scripts: Mapping[str, Script] | Non
                 else:
                     reply = getattr(client, call.method)(*call.args, **call.kwargs)
             except redis.exceptions.RedisError as exc:
+                pause = failover.next_pause(exc)
+                if pause is not None:
+                    time.sleep(pause)
+                    continue  # the same call again, to the new primary
                 error = backend_error(exc)
                 error.__cause__ = exc
                 call = flow.throw(error)
@@ -62,11 +70,18 @@ def drive(client: SyncClient, flow: Flow[R], scripts: Mapping[str, Script] | Non
         return result
 
 
+#: The clients (and kinds of scope: with a budget or not) whose deployment was
+#: checked in this process.
+_checked_clients: weakref.WeakKeyDictionary[Any, set[bool]] = weakref.WeakKeyDictionary()
+
+
 class _Shell(LimiterBase):
     """What a Limiter and a LimiterGroup share: admission over a plan of scopes."""
 
     client: SyncClient
     _scripts: dict[str, Script]
+
+    _deployment_ok = False
 
     def _default_pricer(self) -> UsagePricer:
         return Pricing.default()
@@ -106,6 +121,56 @@ class _Shell(LimiterBase):
             except Exception:
                 log.exception("the on_alert callback failed for %s", alert)
 
+    def check_deployment(self) -> list[Verdict]:
+        """Check the server against what the limiter's promises need.
+
+        Logs a ``WARNING`` for each problem (an eviction policy that can take
+        the limiter's keys, budgets without AOF, an old server, replicas
+        without ``min-replicas-to-write``) and returns every verdict. Raises
+        :class:`~ratelimit.errors.RedisMisconfigured` when the Redis user may
+        not run a command the scripts need. It runs by itself before a
+        client's first admission; ``ratelimit doctor`` runs it from a shell.
+        """
+        kind = bool(self._plan.budget_names)
+        verdicts: list[Verdict] = []
+        try:
+            info = self.client.info()
+        except redis.exceptions.RedisError as exc:
+            error = backend_error(exc)
+            if isinstance(error, RedisUnavailable | RedisRefused):
+                raise error from exc
+            # A managed service (or fakeredis) may not allow INFO: say so, and go on.
+            verdicts.append(Verdict("server", None, f"INFO is not available: {exc}"))
+        else:
+            for node in checks.nodes(info):
+                verdicts += checks.server_verdicts(node, budgets=kind)
+        keys, args = self._check_call()
+        try:
+            denied = self._scripts["check"](keys=keys, args=args)
+        except redis.exceptions.RedisError as exc:
+            raise backend_error(exc) from exc
+        acl = checks.acl_verdicts(denied)
+        verdicts += acl
+        checks.warn(verdicts)
+        if acl[0].ok is False:
+            raise RedisMisconfigured(acl[0].detail)
+        _checked_clients.setdefault(self.client, set()).add(kind)
+        self._deployment_ok = True
+        return verdicts
+
+    def _checked(self) -> None:
+        """The deployment checks, once per client and kind of scope, before admitting.
+
+        An unreachable Redis is checked later: the call itself says what happened.
+        """
+        if self._deployment_ok:
+            return
+        if bool(self._plan.budget_names) in _checked_clients.get(self.client, ()):
+            self._deployment_ok = True
+            return
+        with contextlib.suppress(RedisUnavailable):
+            self.check_deployment()
+
     def _book(
         self,
         costs: Mapping[str, object],
@@ -113,6 +178,7 @@ class _Shell(LimiterBase):
         model: str | None,
         tags: Mapping[str, object] | None,
     ) -> Booking:
+        self._checked()
         plan = self._plan
         if plan.quick and model is None and tags is None:
             amounts, args = plan.quick_call(costs, timeout_s)
@@ -123,13 +189,17 @@ class _Shell(LimiterBase):
             else:
                 result = plan.quick_result(reply, amounts, timeout_s, self._permit)
                 if isinstance(result, AcquireTimeout):
-                    return Booking(None, result, ())
-                return Booking(result, None, ())
+                    booking = Booking(None, result, ())
+                else:
+                    booking = Booking(result, None, ())
+                metrics.booked(plan.scopes, booking)
+                return booking
         booking = self._drive(
             plan.acquire(
                 costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit
             )
         )
+        metrics.booked(plan.scopes, booking)
         self._deliver(booking.alerts)
         return booking
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import re
 import select
@@ -33,10 +34,12 @@ _GLOBAL_ROW = re.compile(r"^ +(requests|input_tokens|output_tokens) +([\d,]+) +(
 
 
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m ratelimit demo`` in a real subprocess, small and short."""
+    """``python -m ratelimit demo`` in a real subprocess, small and short (without
+    ``$REDIS_URL``, which the demo would use when no --redis-url is given)."""
     command = [sys.executable, "-m", "ratelimit", "demo", "--workers", "3", "--seconds", "2"]
+    env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
     return subprocess.run(
-        [*command, *args], capture_output=True, text=True, timeout=120, check=False
+        [*command, *args], capture_output=True, text=True, timeout=120, check=False, env=env
     )
 
 
@@ -358,8 +361,12 @@ def test_readers_in_process(redis_url: str, capsys: pytest.CaptureFixture[str]) 
     ],
 )
 def test_reader_usage_errors_exit_2(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2

@@ -572,13 +572,14 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         pipe.persist(key)  # nothing expires while the new TTL is computed
         (seconds, micros), raw, old_ttl_ms, _ = pipe.execute()
         server_now = int(seconds) * 1_000_000 + int(micros)
-        present = set(stored_rates(raw))
+        # A bucket stored with ts 0 is full at any capacity, like a missing one.
+        present = {dim for dim, (bucket, _) in stored_rates(raw).items() if bucket.ts > 0}
         for dim in list(self.model.buckets):
             if dim not in present:
-                # Its bucket is gone: the key expired (allowed once every bucket
-                # was full). A missing bucket is a full one, at whatever
-                # capacity comes next; the model's full bucket would stay at
-                # the old capacity.
+                # Its bucket is gone, or stored as full: the key expired (allowed
+                # once every bucket was full) and a later write wrote it full. A
+                # missing bucket is a full one, at whatever capacity comes next;
+                # the model's full bucket would stay at the old capacity.
                 rate = self.model.rates[dim]
                 assert self.model.level(dim, server_now) == rate.cap, self.model
                 del self.model.buckets[dim]

@@ -9,17 +9,18 @@
 -- reaches the stream and the caller.
 local function check_alerts(scope, now, out)
   local b, st = scope.budget, scope.budget.st
-  for _, a in ipairs(b.alerts) do
-    if a[1] > st.fired and st.spent >= a[2] then
-      st.fired = a[1]
+  for ppm, nano in string.gmatch(b.alerts, '(%d+):(%d+)') do
+    ppm = tonumber(ppm)
+    if ppm > st.fired and st.spent >= tonumber(nano) then
+      st.fired = ppm
       local spent, limit = string.format('%d', st.spent), string.format('%d', b.limit)
-      out.alerts[#out.alerts + 1] = { scope.j, a[1], spent, limit, st.label }
+      out.alerts[#out.alerts + 1] = { scope.j, ppm, spent, limit, st.label }
       redis.call('XADD', scope.alerts, 'MAXLEN', '~', 1000, '*', 'scope', scope.name,
-        'threshold_ppm', a[1], 'spent', spent, 'limit', limit, 'period', st.label,
+        'threshold_ppm', ppm, 'spent', spent, 'limit', limit, 'period', st.label,
         't', string.format('%d', now))
       if b.channel ~= '' then
         local sent = redis.pcall('PUBLISH', b.channel, table.concat(
-          { scope.name, a[1], spent, limit, st.label, string.format('%d', now) }, '\t'))
+          { scope.name, ppm, spent, limit, st.label, string.format('%d', now) }, '\t'))
         if type(sent) == 'table' and sent.err then
           out.events[#out.events + 1] = { 'publish_denied', scope.j, sent.err }
         end

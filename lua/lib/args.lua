@@ -16,16 +16,16 @@
 --   dim, limit (nano-dollars), amount (as for rates, nano-dollars),
 --   alerts ("ppm:nano,ppm:nano" ascending, "" for none),
 --   alert channel (where lib/alerts.lua publishes; "" = do not publish),
---   p1 p2 p3 p4 l1 l2 l3 (budget periods [p1,p2) [p2,p3) [p3,p4), microseconds, and labels),
---   d1 d2 d3 d4 e1 e2 e3 (the same for the calendar days of the spend counters),
---   ledger retention: maxlen (entries, 0 = none), max_age_ms (0 = none),
---   floor: the spend this client has seen in the period labelled l2
+--   the budget period the client takes to hold now: start, end
+--   (microseconds) and label, the same for the calendar day of the spend
+--   counters, ledger retention: maxlen (entries, 0 = none), max_age_ms
+--   (0 = none), floor: the spend this client has seen in that period
 --   (nano-dollars; lib/budget.lua), and count_days: 1 when the spend
 --   counters' days fall inside the budget's periods (same time zone).
 --
 -- Every reply starts {status, now_us, notes, ...}. status -2 means the
--- budget periods sent do not hold now_us (the client's clock is far off):
--- nothing changed; resend periods around now_us. notes is false when there
+-- budget period or day sent does not hold now_us (the client's clock is
+-- off, or a period just ended): nothing changed; resend them for now_us. notes is false when there
 -- is nothing to report (most calls), else {alerts, events}: alerts
 -- {{j, threshold_ppm, spent, limit, period}, ...} (lib/alerts.lua), events
 -- what the client should log, e.g. {"conflict", j, dim, cap, num, den}
@@ -64,18 +64,12 @@ local function read_scopes(at, k)
         KEYS[k + 2], KEYS[k + 3]
       k = k + 4
       local b = { name = ARGV[at], limit = tonumber(ARGV[at + 1]), amount = tonumber(ARGV[at + 2]),
-        alerts = {}, channel = ARGV[at + 4] }
-      for ppm, nano in string.gmatch(ARGV[at + 3], '(%d+):(%d+)') do
-        b.alerts[#b.alerts + 1] = { tonumber(ppm), tonumber(nano) }
-      end
-      at = at + 5
-      b.periods = { tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]),
-        tonumber(ARGV[at + 3]), ARGV[at + 4], ARGV[at + 5], ARGV[at + 6] }
-      b.days = { tonumber(ARGV[at + 7]), tonumber(ARGV[at + 8]), tonumber(ARGV[at + 9]),
-        tonumber(ARGV[at + 10]), ARGV[at + 11], ARGV[at + 12], ARGV[at + 13] }
-      b.maxlen, b.max_age_ms = tonumber(ARGV[at + 14]), tonumber(ARGV[at + 15])
-      b.floor, b.count_days = tonumber(ARGV[at + 16]), ARGV[at + 17] == '1'
-      at = at + 18
+        alerts = ARGV[at + 3], channel = ARGV[at + 4],
+        period = { tonumber(ARGV[at + 5]), tonumber(ARGV[at + 6]), ARGV[at + 7] },
+        day = { tonumber(ARGV[at + 8]), tonumber(ARGV[at + 9]), ARGV[at + 10] },
+        maxlen = tonumber(ARGV[at + 11]), max_age_ms = tonumber(ARGV[at + 12]),
+        floor = tonumber(ARGV[at + 13]), count_days = ARGV[at + 14] == '1' }
+      at = at + 15
       scope.budget = b
     end
     scopes[j] = scope

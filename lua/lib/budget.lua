@@ -1,9 +1,11 @@
 -- lib/budget.lua: a budget's state for its calendar period.
 --
 -- The budget key holds one string:
---   "<period_start_us> <period_end_us> <spent> <reserved> <fired_ppm> <limit> <label>"
+--   "<period_start_us> <period_end_us> <spent> <reserved> <fired_ppm> <limit> <label> <lost_us>"
 -- (nano-dollars; fired_ppm = highest alert threshold reported this period,
--- in parts per million of the limit). A new period starts with nothing spent
+-- in parts per million of the limit; lost_us = when Redis was last found
+-- to have lost this budget's spend, 0 = never: `ratelimit doctor` reports
+-- it until `ratelimit restore` rebuilds the spend from the ledger of record). A new period starts with nothing spent
 -- and no alert fired; reservations in flight carry over. The key has no TTL:
 -- an eviction policy that only takes keys with a TTL (volatile-*) never
 -- takes a budget.
@@ -14,22 +16,16 @@
 -- known: the floor, or, when the key is missing, the period's spend counters
 -- if they survived. A "restored" event tells the client to log it.
 
--- The [start, end) and label of the period holding `now`, or nil when the
--- client sent boundaries around a different time (its clock is far off).
-local function period_of(p, now)
-  for i = 1, 3 do
-    if p[i] <= now and now < p[i + 1] then return p[i], p[i + 1], p[i + 4] end
-  end
-  return nil
-end
-
--- Whether every budget's periods and days hold `now`: checked before a
--- script writes anything, so that a client whose clock is far off (status
--- -2) changes nothing at all.
+-- Whether every budget's period and day sent ({start, end, label}) hold
+-- `now`: checked before a script writes anything, so that a client whose
+-- clock is off (status -2) changes nothing at all.
 local function periods_hold(scopes, now)
   for _, scope in ipairs(scopes) do
     local b = scope.budget
-    if b and not (period_of(b.periods, now) and period_of(b.days, now)) then return false end
+    if b and not (b.period[1] <= now and now < b.period[2] and b.day[1] <= now and now < b.day[2])
+    then
+      return false
+    end
   end
   return true
 end
@@ -47,19 +43,19 @@ local function counted_spend(scope, label)
   return total
 end
 
--- A budget's state for the period holding `now`, or nil when the periods
--- sent do not hold it.
+-- A budget's state for the period sent (which the caller has checked holds
+-- now, lib/budget.lua periods_hold).
 local function load_budget(scope, now, events)
   local b = scope.budget
-  local start, stop, label = period_of(b.periods, now)
-  if not start then return nil end
+  local start, stop, label = b.period[1], b.period[2], b.period[3]
   local raw = redis.call('GET', scope.budget_key)
-  local st = { start = start, stop = stop, label = label, spent = 0, reserved = 0, fired = 0 }
-  local floor = 0
-  if label == b.periods[6] then floor = b.floor end
+  local st = { start = start, stop = stop, label = label, spent = 0, reserved = 0, fired = 0,
+    lost = 0 }
+  local floor = b.floor
   if raw then
-    local p, spent, reserved, fired = string.match(raw, '^(%d+) %d+ (%d+) (%d+) (%d+)')
-    st.reserved = tonumber(reserved)
+    local p, spent, reserved, fired, lost = string.match(raw,
+      '^(%d+) %d+ (%d+) (%d+) (%d+) %d+ %S+ ?(%d*)')
+    st.reserved, st.lost = tonumber(reserved), tonumber(lost) or 0
     if tonumber(p) == start then st.spent, st.fired = tonumber(spent), tonumber(fired) end
   elseif b.count_days then
     floor = math.max(floor, counted_spend(scope, label))
@@ -67,7 +63,7 @@ local function load_budget(scope, now, events)
   if st.spent < floor then
     events[#events + 1] = { 'restored', scope.j, string.format('%d', st.spent),
       string.format('%d', floor) }
-    st.spent = floor
+    st.spent, st.lost = floor, now
   end
   b.st = st
   return st
@@ -75,8 +71,8 @@ end
 
 local function save_budget(scope)
   local b, st = scope.budget, scope.budget.st
-  redis.call('SET', scope.budget_key, string.format('%d %d %d %d %d %d %s', st.start, st.stop,
-    st.spent, st.reserved, st.fired, b.limit, st.label))
+  redis.call('SET', scope.budget_key, string.format('%d %d %d %d %d %d %s %d', st.start, st.stop,
+    st.spent, st.reserved, st.fired, b.limit, st.label, st.lost))
 end
 
 -- {{j, period label, spent}, ...} for each budget this call loaded: the

@@ -31,7 +31,7 @@ end
 -- One ledger entry and the matching spend counter, written together so the
 -- sum of a day's entries always equals the day's counter.
 local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
-  local _, _, day = period_of(scope.budget.days, now)
+  local day = scope.budget.day[3]
   -- The counter first: a script is not rolled back, so whatever could fail
   -- goes before the entry that must match it.
   redis.call('HINCRBY', scope.spend, day .. '|' .. model, string.format('%d', cost))

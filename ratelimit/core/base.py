@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ratelimit.core.entries import UsagePricer
+from ratelimit.core.keys import ALERT_CHANNEL
 from ratelimit.core.plan import Plan
 from ratelimit.core.results import Alert
 from ratelimit.core.scope import ScopeSpec
@@ -77,6 +78,14 @@ class LimiterBase:
 
     def _default_pricer(self) -> UsagePricer:
         raise InvalidArgument("pricing a usage needs a pricing= table")
+
+    def _check_call(self) -> tuple[list[str], list[str]]:
+        """The KEYS and ARGV of lua/check.lua, for this limiter's first scope."""
+        keys = self._plan.scopes[0].keys
+        return [
+            keys.rates, keys.budget, keys.permits, keys.leases,
+            keys.ledger, keys.spend, keys.alerts, keys.key("x:check"),
+        ], [ALERT_CHANNEL]  # fmt: skip
 
     @property
     def name(self) -> str:

@@ -12,10 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 ScriptName = Literal[
-    "acquire_rates", "settle_rates", "acquire", "settle", "state", "observe", "record"
+    "acquire_rates",
+    "settle_rates",
+    "acquire",
+    "settle",
+    "reclaim",
+    "state",
+    "observe",
+    "record",
+    "check",
 ]
 SCRIPT_NAMES: tuple[ScriptName, ...] = (
-    "acquire_rates", "settle_rates", "acquire", "settle", "state", "observe", "record",
+    "acquire_rates", "settle_rates", "acquire", "settle", "reclaim", "state", "observe", "record",
+    "check",
 )  # fmt: skip
 
 

@@ -65,6 +65,9 @@ from ratelimit.errors import (
 
 log = logging.getLogger("ratelimit")
 
+#: Most reclaim batches one acquire runs before it books (64 permits each).
+RECLAIM_CALLS = 32
+
 
 class Plan:
     """How the scopes of a limiter (or of a :class:`LimiterGroup`) are checked.
@@ -188,23 +191,49 @@ class Plan:
         tail: list[ScriptArg],
         clock_us: int,
     ) -> Flow[tuple[list[Any], list[Alert]]]:
-        """One script call, and the alerts it reported; sent again once when its
-        budget periods missed Redis time. Its events are reported."""
+        """One script call, and the alerts it reported. Its events are reported.
+
+        Sent again when its budget periods missed Redis time (status -2: once
+        per period boundary or clock skew), and after reclaiming when permits
+        whose lease ended hold reservations (status -3, acquire only).
+        """
         keys = part.keys()
         budgeted = part.budgeted
         instant = self._estimate(clock_us) if budgeted else 0
-        for _ in range(2):
+        alerts: list[Alert] = []
+        for _ in range(3):
             args = [*head, *part.block(amounts, instant, self._floors), *tail]
             reply = yield ScriptCall(script, keys, args)
             # Every reply starts {status, now_us, notes, ...}.
-            alerts = read_notes(part, reply[2])
+            alerts += read_notes(part, reply[2])
             if not budgeted:
                 return reply, alerts
             instant = int(reply[1])
             self._observe(instant)
-            if int(reply[0]) != -2:
+            status = int(reply[0])
+            if status == -3:
+                alerts += yield from self._reclaim(part, instant)
+            elif status != -2:
                 return reply, alerts
         raise BackendError("Redis time keeps moving out of the budget periods sent")
+
+    def _reclaim(self, part: Part, instant: int) -> Flow[list[Alert]]:
+        """End the permits of ``part`` whose lease ended, a batch per call.
+
+        Bounded: RECLAIM_CALLS batches of 64 (lua/lib/reclaim.lua) per acquire;
+        a larger backlog is left for the next caller.
+        """
+        alerts: list[Alert] = []
+        zero = dict.fromkeys(self._known, 0)
+        for _ in range(RECLAIM_CALLS):
+            args = part.block(zero, instant, self._floors)
+            reply = yield ScriptCall("reclaim", part.keys(), args)
+            alerts += read_notes(part, reply[2])
+            instant = int(reply[1])
+            self._observe(instant)
+            if int(reply[0]) == 1 and not int(reply[3]):
+                break
+        return alerts
 
     def _see(self, part: Part, seen: Sequence[Any]) -> None:
         """Keep the highest spend seen per budgeted scope in its latest period."""
@@ -269,6 +298,13 @@ class Plan:
                 if error is None:
                     return Booking(self._unbacked(nonce, amounts, make), None, tuple(alerts))
                 return Booking(None, error, tuple(alerts))
+            except BackendError:
+                # Misconfigured or refused: never unmetered; what earlier parts
+                # took goes back.
+                yield from self._cancel_parts(
+                    PermitRef(nonce, tuple(admits), reserved), done, quiet=True
+                )
+                raise
             code = int(reply[0])
             alerts += noted
             if code == 1:
@@ -553,7 +589,7 @@ class Plan:
         """A :attr:`quick` plan's settle of a permit this process holds, without
         a flow (its reservation and admission are at hand); read the reply with
         :meth:`quick_settled`. Without labels only: they go through :meth:`settle`."""
-        nonce = self._ref(permit_id).nonce
+        nonce = permit_id.partition(".")[0]  # the rest is at hand
         amounts = self.amounts(actual, acquire=False)
         figures = self._figures(self.parts[0], self._remaining(remaining or {}))
         return self._lean_settle(

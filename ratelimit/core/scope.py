@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from ratelimit.core.calls import ScriptArg
 from ratelimit.core.keys import ALERT_CHANNEL, ScopeKeys
 from ratelimit.core.numbers import MICRO, positive
-from ratelimit.core.settings import Budget, Rate, Retention, calendar_around, zone
+from ratelimit.core.settings import Budget, Rate, Retention, period_holding, zone
 from ratelimit.errors import InvalidArgument, InvalidArgumentType
 
 #: Dimension names are Python identifiers (they are keyword arguments); names
@@ -163,14 +163,14 @@ class ScopeSpec:
         b = self.budget
         if b is None:
             return [*args, 0]
-        starts, labels = b.budget.periods_around(instant_us)
-        day_starts, day_labels = calendar_around(instant_us, self.day_zone, "day")
+        start, end, label = period_holding(instant_us, b.budget.zone, b.budget.per)
+        day_start, day_end, day = period_holding(instant_us, self.day_zone, "day")
         retention = self.retention
         max_age_ms = 0 if retention.max_age_s is None else math.ceil(retention.max_age_s * 1000)
-        same_days = 1 if str(self.day_zone) == str(b.budget.zone) else 0
-        seen = floor[1] if floor is not None and floor[0] == labels[1] else 0
+        same_days = 1 if self.day_zone.key == b.budget.zone.key else 0
+        seen = floor[1] if floor is not None and floor[0] == label else 0
         return [
             *args, 1, b.name, b.limit_nano, amounts.get(b.name, 0), b.thresholds, ALERT_CHANNEL,
-            *starts, *labels, *day_starts, *day_labels, retention.maxlen, max_age_ms,
+            start, end, label, day_start, day_end, day, retention.maxlen, max_age_ms,
             seen, same_days,
         ]  # fmt: skip

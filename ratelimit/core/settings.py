@@ -173,6 +173,21 @@ def calendar_around(instant_us: int, tz: ZoneInfo, per: Period) -> tuple[list[in
     return [round(s.timestamp() * MICRO) for s in starts], labels
 
 
+#: The period each (zone, kind) last answered: most calls fall in it again.
+_last_period: dict[tuple[str, Period], tuple[int, int, str]] = {}
+
+
+def period_holding(instant_us: int, tz: ZoneInfo, per: Period) -> tuple[int, int, str]:
+    """The period holding ``instant_us``: its start and end (µs) and its label."""
+    key = (tz.key, per)
+    last = _last_period.get(key)
+    if last is not None and last[0] <= instant_us < last[1]:
+        return last
+    starts, labels = calendar_around(instant_us, tz, per)
+    found = _last_period[key] = (starts[1], starts[2], labels[1])
+    return found
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long a budgeted scope's ledger keeps its entries, and its days' zone.

@@ -1,0 +1,44 @@
+"""Which Redis server a command talks to: ``--redis-url``, else ``$REDIS_URL``.
+
+Every command that reads or uses a server resolves it here, once, and says
+on stderr which server it is and where the URL came from (the password
+masked), so a command never talks to a server its user did not expect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TextIO
+
+from ratelimit.cli.output import safe_url
+
+#: The environment variable a command reads when ``--redis-url`` is not given.
+REDIS_URL_ENV = "REDIS_URL"
+
+
+def add_server_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The ``--redis-url`` option of a command that reads a deployment."""
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help=f"the deployment's Redis/Valkey server (default: ${REDIS_URL_ENV})",
+    )
+
+
+def resolve_server(args: argparse.Namespace, err: TextIO | None = None) -> str | None:
+    """``--redis-url``, else ``$REDIS_URL`` (None when neither is set), said on ``err``.
+
+    The URL goes back into ``args.redis_url`` for the command to use.
+    """
+    given = args.redis_url or None
+    url = given or os.environ.get(REDIS_URL_ENV) or None
+    args.redis_url = url
+    if url is not None:
+        source = "--redis-url" if given else f"${REDIS_URL_ENV}"
+        print(
+            f"ratelimit {args.command}: server {safe_url(url)} (from {source})",
+            file=err or sys.stderr,
+        )
+    return url
