@@ -3,7 +3,9 @@
 -- holds (PostgreSQL, summed by the client) plus what the ledger stream holds
 -- that PostgreSQL does not have yet (read here, so no settle can slip in
 -- between). A counter only grows, by what it lacks; spend is only raised; so
--- nothing is counted twice and a second restore changes nothing.
+-- nothing is counted twice and a second restore changes nothing. The budget's
+-- lost_us (when Redis was found to have lost its spend, lib/budget.lua) goes
+-- back to 0: the spend is the ledger of record's again.
 -- lib: clock ttl
 --
 -- KEYS[1]  the budget string (lib/budget.lua)
@@ -18,9 +20,10 @@
 --          missing or of another period; "" = not known
 -- ARGV[8]  n, then n pairs: a spend counter's field and the ledger of
 --          record's sum for it before tail_from, nano-dollars
--- Reply    {1, now_us, false, spent_before, spent_after, tail_entries, added}:
---          spent_before = -1 when the key was missing or of another period;
---          added = {field, nano-dollars added, ...}.
+-- Reply    {1, now_us, false, spent_before, spent_after, tail_entries, added,
+--          lost_us}: spent_before = -1 when the key was missing or of another
+--          period; added = {field, nano-dollars added, ...}; lost_us = the
+--          key's lost_us before the restore (0: none).
 --          {-2, now_us, false}: the period sent does not hold now_us (resend);
 --          {-3, now_us, false}: the budget key is missing or of another period
 --          and no limit was sent; {-4, now_us, false, tail_entries}: the tail
@@ -35,11 +38,12 @@ if not (start <= now and now < stop) then return { -2, now, false } end
 -- Every read first: a script is not rolled back, so nothing that can fail
 -- comes after the first write.
 local raw = redis.call('GET', KEYS[1])
-local key_start, key_stop, spent, reserved, fired, key_limit, key_label
+local key_start, key_stop, spent, reserved, fired, key_limit, key_label, lost
 if raw then
-  key_start, key_stop, spent, reserved, fired, key_limit, key_label =
-    string.match(raw, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (.*)$')
+  key_start, key_stop, spent, reserved, fired, key_limit, key_label, lost =
+    string.match(raw, '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%S+) ?(%d*)')
 end
+lost = tonumber(lost) or 0
 local current = key_start ~= nil and tonumber(key_start) == start
 if not current and limit == '' then return { -3, now, false } end
 
@@ -87,14 +91,14 @@ local before, after = -1, period_spend
 if current then
   before = tonumber(spent)
   after = math.max(before, period_spend)
-  if after > before then
-    redis.call('SET', KEYS[1], string.format('%s %s %d %s %s %s %s', key_start, key_stop, after,
+  if after > before or lost ~= 0 then
+    redis.call('SET', KEYS[1], string.format('%s %s %d %s %s %s %s 0', key_start, key_stop, after,
       reserved, fired, key_limit, key_label))
   end
 else
   -- A new key for the period, as lib/budget.lua starts one: reservations in
   -- flight carry over, no alert fired yet.
-  redis.call('SET', KEYS[1], string.format('%d %d %d %s 0 %s %s', start, stop, after,
+  redis.call('SET', KEYS[1], string.format('%d %d %d %s 0 %s %s 0', start, stop, after,
     reserved or '0', limit, label))
 end
 for i = 1, #added, 2 do
@@ -102,4 +106,5 @@ for i = 1, #added, 2 do
   added[i + 1] = string.format('%d', added[i + 1])
 end
 if #added > 0 then extend_ttl(KEYS[3], 400 * 86400 * 1000, 86400 * 1000) end
-return { 1, now, false, string.format('%d', before), string.format('%d', after), #tail, added }
+return { 1, now, false, string.format('%d', before), string.format('%d', after), #tail, added,
+  string.format('%d', lost) }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,7 +22,7 @@ from ledger_helpers import counters, pg_counters, run_cli, spend, start_sync, st
 from ledger_helpers import wait_until as wait_for_condition
 from topology import ServerFactory
 
-from ratelimit import Budget, BudgetExceeded, Limiter, Rate
+from ratelimit import Budget, BudgetExceeded, Limiter, Rate, load_config
 from ratelimit.cli.output import format_usd
 from ratelimit.core.numbers import MICRO, NANO, text
 from ratelimit.errors import RestoreRefused
@@ -123,14 +124,33 @@ def test_a_missing_budget_key_needs_its_limit(r: redis.Redis, ledger_dsn: str) -
 
     assert restored.spent_before is None
     assert restored.spent_after == charged
-    start, stop, spent, reserved, fired, limit, label = _budget_fields(r)
+    start, stop, spent, reserved, fired, limit, label, lost = _budget_fields(r)
     seconds, micros = r.time()
     assert len(label) == 7  # "YYYY-MM": the month in Europe/Paris holding Redis's now
     assert int(start) <= int(seconds) * MICRO + int(micros) < int(stop)
-    assert (int(spent), int(reserved), int(fired)) == (int(charged * NANO), 0, 0)
+    assert (int(spent), int(reserved), int(fired), int(lost)) == (int(charged * NANO), 0, 0, 0)
     assert int(limit) == LIMIT_USD * NANO
     assert counters(r, STREAM) == pg_counters(ledger_dsn, "team-a")
     assert _limiter(r, month).state().budget("usd").spent == charged
+
+
+def test_restore_clears_the_loss_a_limiter_noticed(r: redis.Redis, ledger_dsn: str) -> None:
+    limiter = _limiter(r)  # one process, which remembers the spend it saw
+    charged = spend(limiter, 10)
+    LedgerSync(r, ledger_dsn).drain()
+    r.delete(STREAM.keys.budget)  # an eviction
+    limiter.acquire(usd="0.01", model="m").cancel()  # restores its floor, marks the loss
+    assert int(_budget_fields(r)[7]) > 0
+
+    with connect(ledger_dsn) as conn:
+        restored = restore_scope(r, conn, STREAM)
+
+    assert restored.lost_at is not None
+    assert restored.changed
+    assert restored.spent_after == charged
+    assert _budget_fields(r)[7] == "0"
+    with connect(ledger_dsn) as conn:
+        assert not restore_scope(r, conn, STREAM).changed
 
 
 def test_the_cli_refuses_a_scope_without_its_budget(
@@ -153,6 +173,28 @@ def test_the_cli_refuses_a_scope_without_its_budget(
     assert done.returncode == 0, done.stderr
     assert "savings +0.25 USD" in done.stdout
     assert counters(r, STREAM) == pg_counters(ledger_dsn, "team-a")
+
+
+def test_the_configuration_gives_restore_each_scope_slot_and_budget(
+    redis_url: str, r: redis.Redis, ledger_dsn: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "ratelimit.toml"
+    config.write_text(
+        '[scope.team-b]\nslot = "acme"\n'
+        '[scope.team-b.budget]\nusd = "25"\nper = "month"\ntz = "Asia/Tokyo"\n'
+    )
+    team_b = load_config(config).limiter("team-b", r)
+    charged = spend(team_b, 12)
+    LedgerSync(r, ledger_dsn).drain()
+    r.flushdb()
+
+    done = run_cli("--config", str(config), "restore", "--from", ledger_dsn,
+                   "--redis-url", redis_url, "team-b")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    budget = load_config(config).limiter("team-b", r).state().budget("usd")
+    assert (budget.spent, budget.limit, budget.period) == (charged, Decimal(25), "month")
+    assert counters(r, LedgerStream("team-b", "acme")) == pg_counters(ledger_dsn, "team-b")
 
 
 def test_entries_not_yet_in_postgresql_are_counted_once_from_the_stream(

@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from ratelimit.cli.output import EXIT_ERROR, format_usd
+from ratelimit.cli.config_option import loaded_config
+from ratelimit.cli.output import EXIT_ERROR, format_time, format_usd
+from ratelimit.cli.target import add_server_option
 from ratelimit.cli.values import nonnegative_float, positive_int
+from ratelimit.config_file import Config, ScopeConfig
 from ratelimit.core.settings import Budget
-from ratelimit.errors import LimiterError, RestoreRefused
+from ratelimit.errors import LimiterError, MissingExtra, RestoreRefused
 from ratelimit.postgres.streams import (
     DEFAULT_BATCH,
     DEFAULT_BLOCK_MS,
@@ -70,8 +73,10 @@ second restore changes nothing. Each scope is restored by one Lua script,
 atomically. It first syncs the scopes (as sync --once) unless --no-sync.
 
 When a scope's budget key is gone, its limit and period are needed to write
-it again: --limit/--per/--tz (for every scope named), else the scope is
-refused and nothing in it changes.
+it again: --limit/--per/--tz (for every scope named), else the scope's budget
+in the configuration file (ratelimit --config FILE restore ...), else the
+scope is refused and nothing in it changes. The configuration also gives a
+scope's slot; without either, a scope is where the syncs found it.
 
 exit status:
   0 every scope restored (or nothing to do), 2 error or a scope refused.
@@ -79,6 +84,7 @@ exit status:
 examples:
   ratelimit restore --from $DSN --all --redis-url $URL
   ratelimit restore --from $DSN team-a --limit 50 --per day --tz Europe/Paris --redis-url $URL
+  ratelimit --config ratelimit.toml restore --from $DSN --all
 """
 
 
@@ -96,9 +102,7 @@ def add_postgres_commands(commands: argparse._SubParsersAction[argparse.Argument
     where.add_argument(
         "--slot", metavar="SLOT", help="the scopes' hash tag when their Limiter has slot=..."
     )
-    where.add_argument(
-        "--redis-url", metavar="URL", required=True, help="the deployment's Redis/Valkey server"
-    )
+    add_server_option(where)
     where.add_argument(
         "--claim-idle",
         type=nonnegative_float,
@@ -142,7 +146,7 @@ def add_postgres_commands(commands: argparse._SubParsersAction[argparse.Argument
         "default: %(default)g)",
     )
     sync.add_argument("--consumer", metavar="NAME", help="consumer name (default: host-pid)")
-    sync.set_defaults(handler=run_sync, usage_error=sync.error)
+    sync.set_defaults(handler=run_sync, server="required", usage_error=sync.error)
 
     restore = add(
         "restore",
@@ -165,7 +169,7 @@ def add_postgres_commands(commands: argparse._SubParsersAction[argparse.Argument
         "--per", choices=("day", "month"), default="day", help="its period (default: day)"
     )
     budget.add_argument("--tz", default="UTC", metavar="ZONE", help="IANA zone (default: UTC)")
-    restore.set_defaults(handler=run_restore, usage_error=restore.error)
+    restore.set_defaults(handler=run_restore, server="required", usage_error=restore.error)
 
 
 def check_scopes(args: argparse.Namespace) -> None:
@@ -202,19 +206,45 @@ def _report(command: str, exc: Exception) -> int:
     return EXIT_ERROR
 
 
+def _configured(config: Config | None, scope: str) -> ScopeConfig | None:
+    return None if config is None else config.scopes.get(scope)
+
+
+def _named(scopes: list[str], slot: str | None, config: Config | None) -> list[LedgerStream]:
+    """The scopes' streams: in ``slot``, else where the configuration puts them."""
+    streams = []
+    for scope in scopes:
+        configured = _configured(config, scope)
+        if slot is None and configured is not None:
+            streams.append(LedgerStream(scope, configured.keys.slot))
+        else:
+            streams.extend(named([scope], slot))
+    return streams
+
+
+def _missing_extra(exc: ImportError) -> MissingExtra:
+    return MissingExtra(
+        f"{exc}: the ledger of record needs psycopg, pip install 'llm-quota-guard[postgres]'"
+    )
+
+
 def run_sync(args: argparse.Namespace) -> int:
     """``ratelimit sync``: returns the exit code."""
     check_scopes(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         from ratelimit.postgres.sync import LedgerSync
+
+        streams = None if args.all else _named(args.scopes, args.slot, loaded_config(args))
     except ImportError as exc:
         return _report("sync", _missing_extra(exc))
+    except LimiterError as exc:
+        return _report("sync", exc)
     client = _redis(args.redis_url, DEFAULT_BLOCK_MS / 1000)
     sync = LedgerSync(
         client,
         args.to,
-        None if args.all else named(args.scopes, args.slot),
+        streams,
         consumer=args.consumer,
         batch=args.batch,
         claim_idle_s=args.claim_idle,
@@ -233,18 +263,6 @@ def run_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _missing_extra(exc: ImportError) -> Exception:
-    return RuntimeError(
-        f"{exc}: the ledger of record needs psycopg, pip install 'llm-quota-guard[postgres]'"
-    )
-
-
-def _budget(args: argparse.Namespace) -> Budget | None:
-    if args.limit is None:
-        return None
-    return Budget(args.limit, per=args.per, tz=args.tz)
-
-
 def _restored_line(result: Restored) -> str:
     before = "none" if result.spent_before is None else format_usd(result.spent_before)
     spend = {f: usd for f, usd in result.added.items() if not f.endswith("|saved")}
@@ -259,9 +277,28 @@ def _restored_line(result: Restored) -> str:
         parts.append(f"savings +{format_usd(sum(saved.values(), Decimal(0)))} USD")
     if result.tail_entries:
         parts.append(f"{result.tail_entries:,} entries counted from the stream")
+    if result.lost_at is not None:
+        parts.append(f"loss found by Redis at {format_time(result.lost_at)} UTC cleared")
     if not result.changed:
         parts.append("nothing to restore")
     return "; ".join(parts)
+
+
+def _restore_streams(
+    args: argparse.Namespace, config: Config | None, recorded: list[LedgerStream]
+) -> list[LedgerStream]:
+    """``--all``: every stream the syncs have copied. A SCOPE: in ``--slot``, else where the
+    configuration puts it, else in the slot(s) the syncs found it in, else its own."""
+    if args.all:
+        return recorded
+    streams = []
+    for scope in args.scopes:
+        seen = [s for s in recorded if s.scope == scope]
+        if args.slot is None and _configured(config, scope) is None and seen:
+            streams.extend(seen)
+        else:
+            streams.extend(_named([scope], args.slot, config))
+    return streams
 
 
 def run_restore(args: argparse.Namespace) -> int:
@@ -269,7 +306,7 @@ def run_restore(args: argparse.Namespace) -> int:
     check_scopes(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        budget = _budget(args)
+        given = None if args.limit is None else Budget(args.limit, per=args.per, tz=args.tz)
     except LimiterError as exc:
         args.usage_error(str(exc))
     try:
@@ -281,21 +318,10 @@ def run_restore(args: argparse.Namespace) -> int:
     client = _redis(args.redis_url, 0)
     code = 0
     try:
-        conn = connect(args.source)
-        try:
+        config = loaded_config(args)
+        with connect(args.source) as conn:
             migrate(conn)
-            streams: list[LedgerStream]
-            if args.all:
-                streams = recorded_streams(conn)
-            elif args.slot is None:
-                # A scope sync has seen in one slot only: that slot.
-                known = recorded_streams(conn, args.scopes)
-                streams = [
-                    *known,
-                    *named(s for s in args.scopes if s not in {k.scope for k in known}),
-                ]
-            else:
-                streams = named(args.scopes, args.slot)
+            streams = _restore_streams(args, config, recorded_streams(conn))
             if not args.no_sync:
                 sync = LedgerSync(client, args.source, streams, claim_idle_s=args.claim_idle)
                 try:
@@ -303,13 +329,14 @@ def run_restore(args: argparse.Namespace) -> int:
                 finally:
                     sync.close()
             for stream in streams:
+                # The limit and period given, else the configuration's for the scope.
+                configured = _configured(config, stream.scope)
+                budget = given or (configured.budget if configured else None)
                 try:
                     print(_restored_line(restore_scope(client, conn, stream, budget)))
                 except RestoreRefused as exc:
                     print(f"ratelimit restore: {exc}", file=sys.stderr)
                     code = EXIT_ERROR
-        finally:
-            conn.close()
     except (redis.exceptions.RedisError, LimiterError) as exc:
         return _report("restore", exc)
     finally:

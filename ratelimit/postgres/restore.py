@@ -23,6 +23,7 @@ without them the scope is refused and nothing in it changes.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -32,8 +33,9 @@ import redis
 
 from ratelimit import scripts
 from ratelimit.core.numbers import MICRO, text, usd
-from ratelimit.core.settings import Budget
-from ratelimit.errors import LedgerStoreError, RestoreRefused
+from ratelimit.core.settings import Budget, period_holding
+from ratelimit.deployment.stored import parse_budget
+from ratelimit.errors import BackendError, LedgerStoreError, RestoreRefused
 from ratelimit.postgres.lag import unsynced_from
 from ratelimit.postgres.schema import Connection
 from ratelimit.postgres.streams import SYNC_GROUP, LedgerStream, id_order
@@ -90,11 +92,14 @@ class Restored:
     """USD added to each spend counter (``<day>|<model>``, ``<day>|<model>|saved``)."""
     tail_entries: int
     """Stream entries not yet in PostgreSQL that the restore counted from the stream."""
+    lost_at: datetime | None = None
+    """When Redis had been found to have lost this budget's spend (the budget
+    key's ``lost_us``, which ``ratelimit doctor`` reports); the restore clears it."""
 
     @property
     def changed(self) -> bool:
         """Whether anything in Redis changed."""
-        return bool(self.added) or self.spent_before != self.spent_after
+        return bool(self.added) or self.spent_before != self.spent_after or self.lost_at is not None
 
 
 def _instant(micros: int) -> datetime:
@@ -107,15 +112,13 @@ def _period(
     """The budget period holding ``now_us``: the key's own when it is current, else the
     configured one; None when neither is known."""
     if raw is not None:
-        fields = text(raw).split(" ", 6)
-        if len(fields) == 7 and fields[0].isdigit() and fields[1].isdigit():
-            start, stop = int(fields[0]), int(fields[1])
-            if start <= now_us < stop:
-                return start, stop, fields[6]
+        with contextlib.suppress(BackendError):  # unreadable: as if missing
+            stored = parse_budget(raw)
+            if stored.holds(now_us):
+                return stored.period_start_us, stored.period_end_us, stored.label
     if budget is None:
         return None
-    starts, labels = budget.periods_around(now_us)
-    return starts[1], starts[2], labels[1]
+    return period_holding(now_us, budget.zone, budget.per)
 
 
 def _sums(
@@ -195,6 +198,7 @@ def restore_scope(
                 spent_after=usd(int(reply[4])),
                 added={text(added[i]): usd(int(added[i + 1])) for i in range(0, len(added), 2)},
                 tail_entries=int(reply[5]),
+                lost_at=_instant(int(reply[7])) if int(reply[7]) else None,
             )
         if status == -3:
             raise _budget_unknown(stream.scope)

@@ -10,14 +10,13 @@ too. This module reads Redis only: it works without the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import redis
 
 from ratelimit.core.keys import KEY_PREFIX, ScopeKeys
-from ratelimit.core.numbers import text
+from ratelimit.deployment.keys import ScopeKey, parse_key
 
 #: The consumer group every ``ratelimit sync`` joins, on every ledger stream.
 SYNC_GROUP = "ratelimit-sync"
@@ -38,9 +37,6 @@ LEDGER_SUFFIX = ":ledger"
 LEDGER_PATTERN = f"{KEY_PREFIX}*{LEDGER_SUFFIX}"
 #: Keys asked for per SCAN step.
 SCAN_COUNT = 1000
-
-_ESCAPED = re.compile(r"%(25|7B|7D)")
-_UNESCAPED = {"25": "%", "7B": "{", "7D": "}"}
 
 
 @dataclass(frozen=True, order=True)
@@ -67,23 +63,12 @@ def id_order(stream_id: str) -> tuple[int, int]:
     return int(millis), int(sequence or 0)
 
 
-def unescape_name(escaped: str) -> str:
-    """The inverse of :func:`ratelimit.core.keys.escape_name`."""
-    return _ESCAPED.sub(lambda found: _UNESCAPED[found.group(1)], escaped)
-
-
 def parse_ledger_key(key: str | bytes) -> LedgerStream | None:
     """The scope of a ledger stream's key, or None for a key that is not one."""
-    name = text(key)
-    start = f"{KEY_PREFIX}{{"
-    if not (name.startswith(start) and name.endswith(LEDGER_SUFFIX)):
-        return None
-    # An escaped slot holds no brace: the first "}:" closes the hash tag.
-    slot, sep, scope = name[len(start) : -len(LEDGER_SUFFIX)].partition("}:")
-    if not sep or not scope:
-        return None
-    stream = LedgerStream(unescape_name(scope), unescape_name(slot))
-    return stream if stream.key == name else None
+    found = parse_key(key)
+    if isinstance(found, ScopeKey) and found.kind == "ledger":
+        return LedgerStream(found.name, found.slot)
+    return None
 
 
 def discover(client: redis.Redis) -> list[LedgerStream]:
