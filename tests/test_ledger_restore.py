@@ -10,10 +10,13 @@ once, and a budget whose key is gone is rebuilt only from a given limit.
 
 from __future__ import annotations
 
+import re
+import shlex
 import threading
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -31,6 +34,7 @@ from ratelimit.postgres.restore import restore_scope
 from ratelimit.postgres.schema import connect
 from ratelimit.postgres.sync import LedgerSync
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 LIMIT_USD = 40
 BUDGET = Budget(LIMIT_USD, per="day", tz="Europe/Paris")
 STREAM = LedgerStream("team-a", "team-a")
@@ -195,6 +199,29 @@ def test_the_configuration_gives_restore_each_scope_slot_and_budget(
     budget = load_config(config).limiter("team-b", r).state().budget("usd")
     assert (budget.spent, budget.limit, budget.period) == (charged, Decimal(25), "month")
     assert counters(r, LedgerStream("team-b", "acme")) == pg_counters(ledger_dsn, "team-b")
+
+
+def test_sync_and_restore_work_as_the_readme_acl_user(
+    redis_url: str, r: redis.Redis, ledger_dsn: str
+) -> None:
+    [rule] = re.findall(r"^ACL SETUSER .*$", README.read_text(encoding="utf-8"), flags=re.M)
+    words = shlex.split(rule)
+    [password] = [word[1:] for word in words if word.startswith(">")]
+    parts = urlsplit(redis_url)
+    url = urlunsplit(parts._replace(netloc=f"{words[2]}:{password}@{parts.netloc}"))
+    r.execute_command(*words)  # type: ignore[no-untyped-call]  # untyped in redis-py
+    try:
+        charged = spend(_limiter(r), 8)
+        synced = run_cli("sync", "--to", ledger_dsn, "--redis-url", url, "--all", "--once")
+        assert synced.returncode == 0, synced.stderr
+        r.flushdb()
+        restored = run_cli("restore", "--from", ledger_dsn, "--redis-url", url, "--all",
+                           "--limit", str(LIMIT_USD), "--tz", "Europe/Paris")  # fmt: skip
+        assert restored.returncode == 0, restored.stderr
+    finally:
+        r.execute_command("ACL", "DELUSER", words[2])  # type: ignore[no-untyped-call]
+    assert _limiter(r).state().budget("usd").spent == charged
+    assert counters(r, STREAM) == pg_counters(ledger_dsn, "team-a")
 
 
 def test_entries_not_yet_in_postgresql_are_counted_once_from_the_stream(
