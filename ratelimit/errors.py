@@ -176,3 +176,27 @@ class BudgetExceeded(LimiterError):
             "resets_at": self.resets_at,
         }
         return functools.partial(type(self), **details), self.args, self.__dict__
+
+
+class LedgerStoreError(BackendError):
+    """The ledger of record (PostgreSQL) could not be reached, or refused a statement.
+
+    Raised by ``ratelimit.postgres``; the driver's error is chained. Nothing
+    is acknowledged in Redis for an entry whose row was not committed.
+    """
+
+
+class RestoreRefused(LimiterError):
+    """``restore`` cannot rebuild a scope safely, so it changed nothing in it.
+
+    For example the scope's budget is gone from Redis and no limit and period
+    were given to rebuild it with, or its ledger stream holds more unsynced
+    entries than one atomic restore may read. ``scope`` names it.
+    """
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return functools.partial(type(self), scope=self.scope), self.args, self.__dict__

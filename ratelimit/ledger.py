@@ -95,7 +95,9 @@ def _from_us(micros: object) -> datetime:
 def parse_entry(stream_id: object, fields: object) -> LedgerEntry:
     """A ledger entry from an ``XRANGE`` row."""
     try:
-        record = msgpack.unpackb(_fields(fields)["rec"], raw=False)
+        # Tags are the caller's: a nested map may have non-string keys, and the
+        # entry must still be readable.
+        record = msgpack.unpackb(_fields(fields)["rec"], raw=False, strict_map_key=False)
         return LedgerEntry(
             stream_id=text(stream_id),
             time=_from_us(record["t"]),

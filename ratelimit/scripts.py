@@ -14,10 +14,15 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from ratelimit.core.calls import SCRIPT_NAMES, ScriptName
 
-__all__ = ["SCRIPT_NAMES", "ScriptName", "lua_dir", "source"]
+__all__ = ["SCRIPT_NAMES", "OperatorScript", "ScriptName", "lua_dir", "source"]
+
+#: Scripts an operator's command runs, not a limiter: ``restore``
+#: (``ratelimit restore``, :mod:`ratelimit.postgres.restore`).
+OperatorScript = Literal["restore"]
 
 _PACKAGE = Path(__file__).resolve().parent
 _LIB_LINE = re.compile(r"^-- lib:(.*)$", re.MULTILINE)
@@ -32,7 +37,7 @@ def lua_dir() -> Path:
 
 
 @cache
-def source(name: ScriptName) -> str:
+def source(name: ScriptName | OperatorScript) -> str:
     """A script's full source: the helpers its ``-- lib:`` line names, then itself."""
     folder = lua_dir()
     body = (folder / f"{name}.lua").read_text(encoding="utf-8")

@@ -8,6 +8,9 @@ set. Each test gets an empty database.
 The fault topologies of ``topology.py`` (restartable servers, a replica
 pair, sentinels, a cluster with replicas, TLS) have fixtures here too; each
 starts fresh for its test, since the test breaks it.
+
+PostgreSQL (the ledger of record, ``ledger_db.py``): each run creates its own
+database and drops it at the end; without a server those tests skip.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from contextlib import ExitStack
 import pytest
 import redis
 import redis.asyncio
+from ledger_db import admin_dsn, fresh_database
 from topology import (
     ClusterTopology,
     ReplicaPair,
@@ -128,3 +132,40 @@ def tls_redis(tls_certificates: TlsFiles) -> Iterator[Server]:
     """A server listening only on TLS; ``.url`` verifies it with the right CA."""
     with tls_server(tls_certificates) as server:
         yield server
+
+
+# -- PostgreSQL: the ledger of record ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    """A DSN to PostgreSQL's maintenance database; skips the test without a server."""
+    dsn, reason = admin_dsn()
+    if dsn is None:
+        pytest.skip(reason)
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def postgres_run_database(postgres_admin: str) -> Iterator[str]:
+    """This test run's own database (``ratelimit_test_<random>``), dropped at the end."""
+    with fresh_database(postgres_admin) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def ledger_dsn(postgres_run_database: str) -> str:
+    """The run's database with the ledger's tables migrated and emptied."""
+    from ratelimit.postgres.schema import connect, migrate
+
+    with connect(postgres_run_database) as conn:
+        migrate(conn)
+        conn.execute("TRUNCATE ratelimit_ledger, ratelimit_streams")
+    return postgres_run_database
+
+
+@pytest.fixture
+def empty_database(postgres_admin: str) -> Iterator[str]:
+    """A database of its own for one test, with nothing in it (schema migrations)."""
+    with fresh_database(postgres_admin) as dsn:
+        yield dsn

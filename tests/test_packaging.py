@@ -52,7 +52,7 @@ def test_scripts_found_from_a_built_wheel(redis_url: str, tmp_path: Path) -> Non
     )  # fmt: skip
     (wheel,) = dist.glob("llm_quota_guard-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for script in ("lib/bucket", "lib/args", "acquire", "settle", "state"):
+    for script in ("lib/bucket", "lib/args", "acquire", "settle", "state", "restore"):
         assert f"ratelimit/lua/{script}.lua" in names
     assert "ratelimit/pricing/prices.toml" in names
     target = tmp_path / "site"

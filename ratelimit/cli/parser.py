@@ -2,15 +2,15 @@
 
 One subcommand per job: ``demo`` (:mod:`ratelimit.cli.demo`), the
 read-only ``ledger``, ``spend`` and ``alerts`` (:mod:`ratelimit.cli.readers`),
-``status`` (:mod:`ratelimit.cli.status`) and ``exporter``
-(:mod:`ratelimit.cli.exporter`). Every command that uses a server takes
+``status`` (:mod:`ratelimit.cli.status`), ``exporter``
+(:mod:`ratelimit.cli.exporter`), and ``sync`` and ``restore``
+(:mod:`ratelimit.cli.postgres`). Every command that uses a server takes
 ``--redis-url``, else ``$REDIS_URL`` (:mod:`ratelimit.cli.target`).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import secrets
 import sys
 from datetime import UTC, date, datetime
@@ -21,31 +21,13 @@ from ratelimit.cli.demo.run import run_demo
 from ratelimit.cli.demo.workload import DEFAULT_ITPM, DEFAULT_OTPM, DEFAULT_RPM
 from ratelimit.cli.exporter import DEFAULT_HOST, DEFAULT_PORT, run_exporter
 from ratelimit.cli.output import EXIT_ERROR, EXIT_INTERRUPTED
+from ratelimit.cli.postgres import add_postgres_commands
 from ratelimit.cli.readers import run_alerts, run_ledger, run_spend
 from ratelimit.cli.status import DEFAULT_INTERVAL_S, run_status
 from ratelimit.cli.target import REDIS_URL_ENV, add_server_option, resolve_server
+from ratelimit.cli.values import positive_float, positive_int
 from ratelimit.core.keys import ALERT_CHANNEL
 from ratelimit.metrics import DEFAULT_SPEND_DAYS
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def _instant(text: str) -> datetime:
@@ -160,14 +142,14 @@ def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     run = demo.add_argument_group("run")
     run.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=8,
         metavar="N",
         help="worker processes (spawned; default: %(default)s)",
     )
     run.add_argument(
         "--seconds",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="S",
         help="how long the workers keep calling (default: %(default)g)",
@@ -182,25 +164,25 @@ def _add_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     limits = demo.add_argument_group("quota")
     limits.add_argument(
         "--rpm",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_RPM,
         help=f"requests per minute (default: {DEFAULT_RPM:,.0f})",
     )
     limits.add_argument(
         "--itpm",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_ITPM,
         help=f"input tokens per minute (default: {DEFAULT_ITPM:,.0f})",
     )
     limits.add_argument(
         "--otpm",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_OTPM,
         help=f"output tokens per minute (default: {DEFAULT_OTPM:,.0f})",
     )
     limits.add_argument(
         "--burst-seconds",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         metavar="S",
         help="bucket capacity as seconds of each rate, at least one call's worth; "
@@ -275,7 +257,7 @@ def _add_reader_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     alerts.add_argument(
         "--count",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="with --follow, stop after N alerts; without, show the last N",
     )
@@ -322,14 +304,14 @@ def _add_status_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     status.add_argument("--watch", "-w", action="store_true", help="refresh in place until Ctrl-C")
     status.add_argument(
         "--interval",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_INTERVAL_S,
         metavar="S",
         help="with --watch, seconds between refreshes (default: %(default)g)",
     )
     status.add_argument(
         "--count",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="with --watch, stop after N refreshes",
     )
@@ -378,7 +360,7 @@ def _add_exporter_command(commands: argparse._SubParsersAction[argparse.Argument
     )
     exporter.add_argument(
         "--spend-days",
-        type=_positive_int,
+        type=positive_int,
         default=DEFAULT_SPEND_DAYS,
         metavar="N",
         help="export the spend counters of the N most recent days (default: %(default)s)",
@@ -423,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reader_commands(commands)
     _add_status_command(commands)
     _add_exporter_command(commands)
+    add_postgres_commands(commands)
     return parser
 
 
