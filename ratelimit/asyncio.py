@@ -23,7 +23,7 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from ratelimit import checks, ledger, metrics, scripts
-from ratelimit.backend import FailoverWait, backend_error
+from ratelimit.backend import FailoverWait, backend_error, drop_idle_connections_async
 from ratelimit.backend import connect_async as connect
 from ratelimit.batching import ScriptBatcher, batcher_for
 from ratelimit.checks import Verdict
@@ -73,6 +73,7 @@ async def drive(
             except redis.exceptions.RedisError as exc:
                 pause = failover.next_pause(exc)
                 if pause is not None:
+                    await drop_idle_connections_async(client)  # the retry finds the new primary
                     await asyncio.sleep(pause)
                     continue  # the same call again, to the new primary
                 error = backend_error(exc)

@@ -161,6 +161,28 @@ class FailoverWait:
         return pause
 
 
+def drop_idle_connections(client: object) -> None:
+    """Close the idle connections of ``client``'s pool: the next call connects anew.
+
+    A refusal in a failover comes over a connection that may still lead to
+    the demoted primary, and a pool reuses it until the server closes it (a
+    Sentinel demotes an old primary about ten seconds after the switch). A
+    new connection of a Sentinel-managed pool asks the sentinels where the
+    primary is now; a plain one reconnects to the same address. Connections
+    in use by other threads are left alone: each hears its own refusal.
+    """
+    pool = getattr(client, "connection_pool", None)  # a cluster client finds nodes itself
+    if pool is not None:
+        pool.disconnect(inuse_connections=False)
+
+
+async def drop_idle_connections_async(client: object) -> None:
+    """Asyncio twin of :func:`drop_idle_connections`."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        await pool.disconnect(inuse_connections=False)
+
+
 def is_failover(exc: BaseException) -> bool:
     """Whether Redis refused because a failover is under way (worth trying again)."""
     if isinstance(exc, redis.exceptions.ReadOnlyError | redis.exceptions.ClusterDownError):
