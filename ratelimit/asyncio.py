@@ -185,8 +185,9 @@ class _Shell(LimiterBase):
     async def _checked(self) -> None:
         """The deployment checks, once per client and kind of scope, before admitting.
 
-        Concurrent first calls wait for one check. An unreachable Redis is
-        checked later: the call itself says what happened.
+        Concurrent first calls wait for one check. An unreachable Redis, or
+        one in a failover, is checked later: the call itself says what
+        happened (and retries through the failover).
         """
         if self._deployment_ok:
             return
@@ -197,7 +198,7 @@ class _Shell(LimiterBase):
             self._check_lock = asyncio.Lock()
         async with self._check_lock:
             if not self._deployment_ok:
-                with contextlib.suppress(RedisUnavailable):
+                with contextlib.suppress(RedisUnavailable, RedisRefused):
                     await self.check_deployment()
 
     async def _book(

@@ -162,14 +162,15 @@ class _Shell(LimiterBase):
     def _checked(self) -> None:
         """The deployment checks, once per client and kind of scope, before admitting.
 
-        An unreachable Redis is checked later: the call itself says what happened.
+        An unreachable Redis, or one in a failover, is checked later: the call
+        itself says what happened (and retries through the failover).
         """
         if self._deployment_ok:
             return
         if bool(self._plan.budget_names) in _checked_clients.get(self.client, ()):
             self._deployment_ok = True
             return
-        with contextlib.suppress(RedisUnavailable):
+        with contextlib.suppress(RedisUnavailable, RedisRefused):
             self.check_deployment()
 
     def _book(
