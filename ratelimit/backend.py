@@ -91,6 +91,12 @@ _FAILOVER_SIGNS = (
 )
 
 
+#: What a redis-py BlockingConnectionPool raises (a plain ConnectionError) when
+#: no connection came free within its timeout: the pool is too small for its
+#: callers, Redis itself answered nothing.
+_POOL_WAIT_EXPIRED = "No connection available."
+
+
 def _tls_failure(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
@@ -124,6 +130,11 @@ def backend_error(exc: redis.exceptions.RedisError) -> BackendError:
         return RedisMisconfigured(
             f"the client's connection pool is full ({text}): give it more connections or a "
             "redis.BlockingConnectionPool (a limiter built from a URL has one)"
+        )
+    if isinstance(exc, redis.exceptions.ConnectionError) and text == _POOL_WAIT_EXPIRED:
+        return RedisMisconfigured(
+            f"no pooled connection came free in time ({text}): this client's threads or "
+            "tasks hold all of its connections; give its pool more (max_connections)"
         )
     if isinstance(
         exc,
