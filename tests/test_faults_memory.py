@@ -76,6 +76,13 @@ def fill_to_out_of_memory(server: Server, client: redis.Redis) -> None:
     raise AssertionError("small writes never ran out of memory")
 
 
+def spend_times(quota: Limiter, count: int) -> Decimal:
+    """Acquire and settle $0.10, ``count`` times; what was spent."""
+    for _ in range(count):
+        quota.acquire(usd="0.1").settle(usd="0.1")
+    return Decimal("0.1") * count
+
+
 def spend_to_the_end(quota: Limiter, cost: str) -> Decimal:
     """Acquire and settle ``cost`` until the budget refuses; what was spent."""
     spent = Decimal(0)
@@ -97,10 +104,7 @@ def test_volatile_lru_never_evicts_the_money(caplog: pytest.LogCaptureFixture) -
     with maxmemory_server("volatile-lru") as server:
         client = server.client()
         quota = limiter(client)
-        spent = Decimal(0)
-        for _ in range(5):
-            quota.acquire(usd="0.1").settle(usd="0.1")
-            spent += Decimal("0.1")
+        spent = spend_times(quota, 5)
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert any("eviction" in w and "volatile-lru" in w for w in warnings), warnings
         assert all(client.ttl(key) == -1 for key in MONEY_KEYS)  # exist, with no TTL
@@ -129,10 +133,7 @@ def test_allkeys_lru_restores_an_evicted_budget_from_what_was_seen(
     with maxmemory_server("allkeys-lru") as server:
         client = server.client()
         quota = limiter(client)
-        spent = Decimal(0)
-        for _ in range(6):
-            quota.acquire(usd="0.1").settle(usd="0.1")
-            spent += Decimal("0.1")
+        spent = spend_times(quota, 6)
         in_flight = quota.acquire(usd="0.1")  # its reservation goes with the budget key
         assert any("allkeys-lru" in r.getMessage() for r in caplog.records)
 

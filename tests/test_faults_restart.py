@@ -151,9 +151,8 @@ def run_restart(server: Server, *, graceful: bool) -> tuple[list[WorkerReport], 
     finally:
         for worker in workers:
             worker.join(timeout=10)
-            if worker.is_alive():
-                worker.kill()
-                worker.join()
+            worker.kill()  # nothing, once it has exited
+            worker.join()
     ordered = [reports[i] for i in range(WORKERS)]
     for report in ordered:
         assert not report.errors, report.errors[0]
