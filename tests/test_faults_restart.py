@@ -90,7 +90,7 @@ def _settle(limiter: Limiter, permit_id: str, report: WorkerReport, cost: Decima
 
 @dataclass(frozen=True)
 class Rendezvous:
-    """What the workers and the test share (the workers are forked: nothing is pickled)."""
+    """What the workers and the test share."""
 
     total_nano: Any
     """What every worker has settled so far, nano-dollars (a shared integer)."""
@@ -138,7 +138,10 @@ def _worker(index: int, url: str, meet: Rendezvous) -> None:
 
 def run_restart(server: Server, *, graceful: bool) -> tuple[list[WorkerReport], redis.Redis]:
     """Four workers spend; at 90% the server restarts under them; they spend to the end."""
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver")
+    # Not fork: this process may have threads by now (earlier tests'), and a
+    # child forked while one held a lock would wait for it forever.
+    ctx.set_forkserver_preload(["pytest", "redis", "ratelimit"])
     meet = Rendezvous(ctx.Value("q", 0), ctx.Barrier(WORKERS + 1), ctx.Event(), ctx.Queue())
     workers = [ctx.Process(target=_worker, args=(i, server.url, meet)) for i in range(WORKERS)]
     for worker in workers:
