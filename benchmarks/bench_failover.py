@@ -44,16 +44,19 @@ Figures, per case:
   use ``"raise"``), anything else (none expected), and permits admitted
   unmetered (none expected).
 
-``--quick`` keeps each phase short (the test suite runs it).
+``--quick`` keeps each phase short (the test suite runs it). A full run takes
+about a minute and a half; the last one is in results/failover-baseline.txt.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import itertools
 import logging
 import multiprocessing
+import os
 import platform
 import queue
 import subprocess
@@ -475,7 +478,8 @@ def conditions(quick: bool, phases: Phases) -> dict[str, str]:
         "client": f"redis-py {redis.__version__}, "
         f"{platform.python_implementation()} {platform.python_version()}",
         "package": f"llm-quota-guard {package_version()}",
-        "machine": f"{platform.platform()}",
+        "machine": f"{platform.platform()}, os.cpu_count()={os.cpu_count()}",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quota": f"Rate(200, per=1, burst=20); 4 workers (2 long-lived, 2 new client every "
         f"{FRESH_EVERY_S} s), each try_acquire and acquire(timeout=0.5) in turn; "
         "on_redis_error='raise'",
