@@ -3,7 +3,7 @@
 -- budget reservation is charged in full, with a "reclaimed" ledger entry
 -- (lib/reclaim.lua says why). acquire.lua asks for this (status -3) before
 -- it admits anything while such permits hold reservations.
--- lib: clock ttl bucket args budget alerts msgpack ledger permit finish reclaim
+-- lib: clock bucket args budget alerts msgpack ledger permit finish reclaim
 --
 -- KEYS[1]  permits hash, KEYS[2] leases sorted set, then the scopes' keys
 --          (lib/args.lua)

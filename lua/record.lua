@@ -1,6 +1,6 @@
 -- record.lua: note in the ledger a call that cost nothing because a cached
 -- response answered it, with the cost it saved.
--- lib: clock ttl args budget msgpack ledger
+-- lib: clock args budget msgpack ledger
 --
 -- KEYS     KEYS[1] permits hash, KEYS[2] leases sorted set (untouched), then
 --          the scopes' keys (lib/args.lua)
@@ -26,7 +26,6 @@ for _, scope in ipairs(scopes) do
     redis.call('HINCRBY', scope.spend, day .. '|' .. model .. '|saved', string.format('%d', b.amount))
     ledger_append(scope, now,
       ledger_record(scope, now, id, 'cache_hit', day, model, 0, b.amount, tokens, tags))
-    extend_ttl(scope.spend, 400 * 86400 * 1000, 86400 * 1000)
     recorded = recorded + 1
   end
 end

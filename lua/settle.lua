@@ -1,6 +1,6 @@
 -- settle.lua: turn a permit's reservation into its actual cost, once, on
 -- scopes of which at least one has a budget (acquire.lua made the permit).
--- lib: clock ttl bucket rates args budget alerts msgpack ledger permit finish lower
+-- lib: clock bucket rates args budget alerts msgpack ledger permit finish lower
 --
 -- KEYS[1]  permits hash, KEYS[2] leases sorted set, then the scopes' keys
 --          (lib/args.lua)

@@ -1,5 +1,5 @@
 -- state.lua: every dimension of every scope as it stands now.
--- lib: clock ttl bucket rates args budget alerts msgpack ledger permit finish reclaim
+-- lib: clock bucket rates args budget alerts msgpack ledger permit finish reclaim
 --
 -- KEYS     with ARGV[1] = "1" (scopes with a budget): KEYS[1] permits hash,
 --          KEYS[2] leases sorted set, then the scopes' keys; with "0": the

@@ -23,7 +23,7 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from ratelimit import checks, ledger, metrics, scripts
-from ratelimit.backend import FailoverWait, backend_error
+from ratelimit.backend import FailoverWait, backend_error, drop_idle_connections_async
 from ratelimit.backend import connect_async as connect
 from ratelimit.batching import ScriptBatcher, batcher_for
 from ratelimit.checks import Verdict
@@ -73,6 +73,7 @@ async def drive(
             except redis.exceptions.RedisError as exc:
                 pause = failover.next_pause(exc)
                 if pause is not None:
+                    await drop_idle_connections_async(client)  # the retry finds the new primary
                     await asyncio.sleep(pause)
                     continue  # the same call again, to the new primary
                 error = backend_error(exc)
@@ -184,8 +185,9 @@ class _Shell(LimiterBase):
     async def _checked(self) -> None:
         """The deployment checks, once per client and kind of scope, before admitting.
 
-        Concurrent first calls wait for one check. An unreachable Redis is
-        checked later: the call itself says what happened.
+        Concurrent first calls wait for one check. An unreachable Redis, or
+        one in a failover, is checked later: the call itself says what
+        happened (and retries through the failover).
         """
         if self._deployment_ok:
             return
@@ -196,7 +198,7 @@ class _Shell(LimiterBase):
             self._check_lock = asyncio.Lock()
         async with self._check_lock:
             if not self._deployment_ok:
-                with contextlib.suppress(RedisUnavailable):
+                with contextlib.suppress(RedisUnavailable, RedisRefused):
                     await self.check_deployment()
 
     async def _book(

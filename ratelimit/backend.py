@@ -91,6 +91,12 @@ _FAILOVER_SIGNS = (
 )
 
 
+#: What a redis-py BlockingConnectionPool raises (a plain ConnectionError) when
+#: no connection came free within its timeout: the pool is too small for its
+#: callers, Redis itself answered nothing.
+_POOL_WAIT_EXPIRED = "No connection available."
+
+
 def _tls_failure(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
@@ -124,6 +130,11 @@ def backend_error(exc: redis.exceptions.RedisError) -> BackendError:
         return RedisMisconfigured(
             f"the client's connection pool is full ({text}): give it more connections or a "
             "redis.BlockingConnectionPool (a limiter built from a URL has one)"
+        )
+    if isinstance(exc, redis.exceptions.ConnectionError) and text == _POOL_WAIT_EXPIRED:
+        return RedisMisconfigured(
+            f"no pooled connection came free in time ({text}): this client's threads or "
+            "tasks hold all of its connections; give its pool more (max_connections)"
         )
     if isinstance(
         exc,
@@ -159,6 +170,28 @@ class FailoverWait:
         pause = min(self._pause_s, self._deadline - now)
         self._pause_s = min(self._pause_s * 2, 0.5)
         return pause
+
+
+def drop_idle_connections(client: object) -> None:
+    """Close the idle connections of ``client``'s pool: the next call connects anew.
+
+    A refusal in a failover comes over a connection that may still lead to
+    the demoted primary, and a pool reuses it until the server closes it (a
+    Sentinel demotes an old primary about ten seconds after the switch). A
+    new connection of a Sentinel-managed pool asks the sentinels where the
+    primary is now; a plain one reconnects to the same address. Connections
+    in use by other threads are left alone: each hears its own refusal.
+    """
+    pool = getattr(client, "connection_pool", None)  # a cluster client finds nodes itself
+    if pool is not None:
+        pool.disconnect(inuse_connections=False)
+
+
+async def drop_idle_connections_async(client: object) -> None:
+    """Asyncio twin of :func:`drop_idle_connections`."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        await pool.disconnect(inuse_connections=False)
 
 
 def is_failover(exc: BaseException) -> bool:

@@ -19,7 +19,7 @@ import redis.exceptions
 from redis.commands.core import Script
 
 from ratelimit import checks, ledger, metrics, scripts
-from ratelimit.backend import FailoverWait, backend_error, connect
+from ratelimit.backend import FailoverWait, backend_error, connect, drop_idle_connections
 from ratelimit.checks import Verdict
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
 from ratelimit.core.calls import Flow, ScriptCall
@@ -58,6 +58,7 @@ def drive(client: SyncClient, flow: Flow[R], scripts: Mapping[str, Script] | Non
             except redis.exceptions.RedisError as exc:
                 pause = failover.next_pause(exc)
                 if pause is not None:
+                    drop_idle_connections(client)  # so that the retry finds the new primary
                     time.sleep(pause)
                     continue  # the same call again, to the new primary
                 error = backend_error(exc)
@@ -161,14 +162,15 @@ class _Shell(LimiterBase):
     def _checked(self) -> None:
         """The deployment checks, once per client and kind of scope, before admitting.
 
-        An unreachable Redis is checked later: the call itself says what happened.
+        An unreachable Redis, or one in a failover, is checked later: the call
+        itself says what happened (and retries through the failover).
         """
         if self._deployment_ok:
             return
         if bool(self._plan.budget_names) in _checked_clients.get(self.client, ()):
             self._deployment_ok = True
             return
-        with contextlib.suppress(RedisUnavailable):
+        with contextlib.suppress(RedisUnavailable, RedisRefused):
             self.check_deployment()
 
     def _book(

@@ -1,5 +1,7 @@
 -- lib/ledger.lua: the ledger stream and the daily spend counters, written
 -- together so the sum of a day's entries always equals the day's counter.
+-- Neither has a TTL, as the budget string has none: an eviction policy that
+-- only takes keys with a TTL (volatile-*) never takes the money's records.
 
 -- Append one msgpack-encoded record to a scope's ledger stream, trimmed to
 -- its retention (by age, or by length).
@@ -36,5 +38,4 @@ local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
   -- goes before the entry that must match it.
   redis.call('HINCRBY', scope.spend, day .. '|' .. model, string.format('%d', cost))
   ledger_append(scope, now, ledger_record(scope, now, id, kind, day, model, cost, 0, tokens, tags))
-  extend_ttl(scope.spend, 400 * 86400 * 1000, 86400 * 1000)
 end
