@@ -2,7 +2,8 @@
 
 One subcommand per job: ``demo`` (:mod:`ratelimit.cli.demo`), the
 read-only ``ledger``, ``spend`` and ``alerts`` (:mod:`ratelimit.cli.readers`),
-``status`` (:mod:`ratelimit.cli.status`), ``exporter``
+``status`` (:mod:`ratelimit.cli.status`), ``doctor``
+(:mod:`ratelimit.cli.doctor`), ``exporter``
 (:mod:`ratelimit.cli.exporter`), and ``sync`` and ``restore``
 (:mod:`ratelimit.cli.postgres`). Every command that uses a server takes
 ``--redis-url``, else ``$REDIS_URL`` (:mod:`ratelimit.cli.target`).
@@ -19,6 +20,7 @@ from importlib import metadata
 from ratelimit.cli.config_option import add_config_option
 from ratelimit.cli.demo.run import run_demo
 from ratelimit.cli.demo.workload import DEFAULT_ITPM, DEFAULT_OTPM, DEFAULT_RPM
+from ratelimit.cli.doctor import DEFAULT_MAX_SYNC_LAG_S, run_doctor
 from ratelimit.cli.exporter import DEFAULT_HOST, DEFAULT_PORT, run_exporter
 from ratelimit.cli.output import EXIT_ERROR, EXIT_INTERRUPTED
 from ratelimit.cli.postgres import add_postgres_commands
@@ -318,6 +320,50 @@ def _add_status_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     status.set_defaults(handler=run_status, server="required", usage_error=status.error)
 
 
+DOCTOR_EPILOG = """\
+what it checks (reading only; SCRIPT LOAD changes no data):
+  connection      the server answers (a wrong password, TLS or database fails)
+  server version  Redis 6.2+ or Valkey 7.2+
+  eviction        noeviction when maxmemory is set (else buckets may restart full)
+  persistence     appendonly when the deployment has budgets
+  replication     min-replicas-to-write on a primary with replicas
+  scripts         every Lua script loads
+  permissions     the user may run every command the scripts run
+  alert channel   the user may publish alerts
+  data loss       no budget's spend was lost (else: ratelimit restore)
+  sync SCOPE      each ratelimit sync is at most --max-sync-lag seconds behind
+
+exit status:
+  0 every check passed or could not tell (skip), 1 a check failed,
+  2 error (bad URL).
+
+examples:
+  ratelimit doctor --redis-url redis://localhost:6379/0
+  REDIS_URL=rediss://ratelimit:secret@redis:6380/0 ratelimit doctor
+"""
+
+
+def _add_doctor_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``doctor``: can this deployment keep the limiter's promises?"""
+    doctor = commands.add_parser(
+        "doctor",
+        help="check that a deployment can keep the limiter's promises (settings, rights, data)",
+        description="Check a deployment's server settings, the user's rights, lost data and "
+        "the ledger of record's lag; print each verdict with what to fix.",
+        epilog=DOCTOR_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_server_option(doctor)
+    doctor.add_argument(
+        "--max-sync-lag",
+        type=positive_float,
+        default=DEFAULT_MAX_SYNC_LAG_S,
+        metavar="S",
+        help="fail when ratelimit sync is more than S seconds behind (default: %(default)g)",
+    )
+    doctor.set_defaults(handler=run_doctor, server="required", usage_error=doctor.error)
+
+
 EXPORTER_EPILOG = """\
 Each scrape of /metrics reads Redis (one SCAN over rl:v2:*, two pipelined
 reads; nothing written): per scope and dimension ratelimit_bucket_available,
@@ -404,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_command(commands)
     _add_reader_commands(commands)
     _add_status_command(commands)
+    _add_doctor_command(commands)
     _add_exporter_command(commands)
     add_postgres_commands(commands)
     return parser
