@@ -17,6 +17,10 @@ replies, so both clients share every rule.
   settlements, alerts).
 - :mod:`~ratelimit.core.calls`: what a flow yields to its shell.
 - :mod:`~ratelimit.core.entries`: what a permit tells the ledger.
+- :mod:`~ratelimit.core.amounts`: the dimensions of some scopes, and every
+  amount asked of them validated.
+- :mod:`~ratelimit.core.part`: the scopes of one hash slot: one script call.
+- :mod:`~ratelimit.core.replies`: what the scripts reply, read.
 - :mod:`~ratelimit.core.plan`: how a set of scopes is checked, and the flows.
 - :mod:`~ratelimit.core.base`: the I/O-free half of a limiter.
 """

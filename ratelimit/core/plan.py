@@ -11,12 +11,11 @@ kept in Redis; a part with one takes the remembering scripts.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from ratelimit.core.amounts import Dimensions, wait_bound_us
 from ratelimit.core.calls import Flow, ScriptArg, ScriptCall, ScriptName
 from ratelimit.core.entries import (
     CANCELLED,
@@ -30,23 +29,17 @@ from ratelimit.core.entries import (
     validate_model,
 )
 from ratelimit.core.numbers import (
-    MAX_BUDGET_NANO,
-    MAX_CAPACITY_MICRO,
     MICRO,
-    exact,
     scaled,
     text,
-    to_micro,
     to_nano,
     usd,
 )
 from ratelimit.core.part import Part, PermitRef, new_nonce
-from ratelimit.core.replies import budget_refusal, read_notes, timeout_error
+from ratelimit.core.replies import budget_refusal, read_notes, read_state, timeout_error
 from ratelimit.core.results import (
     Alert,
     Booking,
-    BudgetState,
-    DimensionState,
     LimiterState,
     PermitData,
     PermitFactory,
@@ -57,11 +50,8 @@ from ratelimit.errors import (
     AcquireTimeout,
     BackendError,
     BudgetExceeded,
-    CostExceedsCapacity,
     InvalidArgument,
-    InvalidArgumentType,
     RedisUnavailable,
-    UnknownDimension,
 )
 
 log = logging.getLogger("ratelimit")
@@ -70,7 +60,7 @@ log = logging.getLogger("ratelimit")
 RECLAIM_CALLS = 32
 
 
-class Plan:
+class Plan(Dimensions):
     """How the scopes of a limiter (or of a :class:`LimiterGroup`) are checked.
 
     Scopes that share a slot form one part, checked and debited by one script
@@ -83,7 +73,7 @@ class Plan:
         names = [s.name for s in scopes]
         if len(set(names)) != len(names):
             raise InvalidArgument(f"each scope may appear once, got {names}")
-        self.scopes = tuple(scopes)
+        super().__init__(scopes)
         self.on_redis_error: OnRedisError = scopes[0].on_redis_error
         self.lease_us = min(s.lease_us for s in scopes)
         by_slot: dict[str, list[ScopeSpec]] = {}
@@ -98,11 +88,6 @@ class Plan:
         #: One part, without a budget: an acquire is one call of acquire_rates,
         #: which the shells make without a flow (:meth:`quick_call`).
         self.quick = len(self.parts) == 1 and self._lean == 1
-        self.budget_names = frozenset(s.budget.name for s in scopes if s.budget)
-        self.rate_names = frozenset(d.name for s in scopes for d in s.rates)
-        #: The rate dimensions in the order a permit id lists their reservation.
-        self.rate_order = tuple(sorted(self.rate_names))
-        self._known = tuple(sorted(self.rate_names | self.budget_names))
         self._instant_us = 0
         self._instant_known = False
         #: The highest spend seen per budgeted scope, by period label: sent
@@ -118,74 +103,6 @@ class Plan:
 
     def _observe(self, now_us: int) -> None:
         self._instant_us, self._instant_known = now_us, True
-
-    # -- amounts ---------------------------------------------------------------
-    def amounts(self, costs: Mapping[str, object], *, acquire: bool) -> dict[str, int]:
-        """Validated amounts per dimension: micro-units, or nano-dollars for budgets.
-
-        For acquire, ``requests`` defaults to 1 and other dimensions to 0; for
-        settle, a dimension not given keeps its reservation (-1).
-        """
-        verb = "cost" if acquire else "actual"
-        amounts: dict[str, int] = {}
-        for name in self._known:
-            if name not in costs:
-                if acquire and name in self.budget_names:
-                    # A budget that is not told the cost guards nothing.
-                    raise InvalidArgument(
-                        f"an admission on a budget must state its worst-case cost: "
-                        f"{name}=<USD> ({name}=0 for a call that costs nothing)"
-                    )
-                amounts[name] = (MICRO if name == "requests" else 0) if acquire else -1
-                continue
-            value = costs[name]
-            if name in self.budget_names:
-                amounts[name] = to_nano(value, f"{verb} {name!r}")
-            elif type(value) is int and 0 <= value <= MAX_CAPACITY_MICRO:
-                amounts[name] = value * MICRO  # the common case, exact without Decimal
-            else:
-                amounts[name] = to_micro(value, f"{verb} {name!r}")
-        if not costs.keys() <= amounts.keys():
-            unknown = sorted(set(costs) - set(amounts))
-            raise UnknownDimension(
-                f"no dimension {unknown[0]!r} here; there are {list(self._known)}"
-            )
-        for name, amount in amounts.items():
-            bound = MAX_BUDGET_NANO if name in self.budget_names else MAX_CAPACITY_MICRO
-            if amount > bound:
-                raise CostExceedsCapacity(
-                    f"{name}={costs[name]!r} is too large to be stored exactly"
-                )
-        if acquire:
-            self._check_fits(amounts)
-        return amounts
-
-    def _check_fits(self, amounts: Mapping[str, int]) -> None:
-        for scope in self.scopes:
-            for d in scope.rates:
-                if amounts[d.name] > d.capacity_micro:
-                    raise CostExceedsCapacity(
-                        f"a cost of {Decimal(amounts[d.name]) / MICRO} {d.name} can never "
-                        f"fit in {scope.name!r}, whose bucket holds "
-                        f"{Decimal(d.capacity_micro) / MICRO}"
-                    )
-            b = scope.budget
-            if b and amounts[b.name] > b.limit_nano:
-                raise CostExceedsCapacity(
-                    f"a cost of ${usd(amounts[b.name])} can never fit in the "
-                    f"${usd(b.limit_nano)} budget of {scope.name!r}"
-                )
-
-    @staticmethod
-    def _max_wait_us(timeout_s: object) -> int:
-        if timeout_s is None:
-            return -1
-        if type(timeout_s) is int and timeout_s >= 0:
-            return timeout_s * MICRO
-        wait = exact(timeout_s, "timeout")
-        if wait < 0:
-            raise InvalidArgument(f"timeout must not be negative, got {timeout_s!r}")
-        return math.floor(wait * MICRO)
 
     # -- one script call -------------------------------------------------------
     def _call(
@@ -234,7 +151,7 @@ class Plan:
         a larger backlog is left for the next caller.
         """
         alerts: list[Alert] = []
-        zero = dict.fromkeys(self._known, 0)
+        zero = dict.fromkeys(self.known, 0)
         for _ in range(RECLAIM_CALLS):
             args = part.block(zero, instant, self._floors)
             reply = yield ScriptCall("reclaim", part.keys(), args)
@@ -269,7 +186,7 @@ class Plan:
         ``make`` builds the permit (the shell's own class).
         """
         amounts = self.amounts(costs, acquire=True)
-        max_wait_us = self._max_wait_us(timeout_s)
+        max_wait_us = wait_bound_us(timeout_s)
         ledger_tail: LedgerTail = []
         if self.budget_names:
             ledger_tail = acquire_record(self.rate_names, costs, model, tags)
@@ -357,7 +274,7 @@ class Plan:
         twice: it can under-admit, never over-admit).
         """
         amounts = self.amounts(costs, acquire=True)
-        return amounts, [self._max_wait_us(timeout_s), *self.parts[0].block(amounts)]
+        return amounts, [wait_bound_us(timeout_s), *self.parts[0].block(amounts)]
 
     def quick_result(
         self,
@@ -421,7 +338,7 @@ class Plan:
         self, ref: PermitRef, parts: list[Part], *, quiet: bool = False
     ) -> Flow[None]:
         """Give back what the first parts admitted when a later one refused."""
-        zero = dict.fromkeys(self._known, 0)
+        zero = dict.fromkeys(self.known, 0)
         pid = ref.encode()
         for part in parts:
             try:
@@ -455,7 +372,7 @@ class Plan:
         ref = self._ref(permit_id)
         pid = str(permit_id)
         self.amounts(actual, acquire=False)  # validate before anything is priced
-        left = self._remaining(remaining or {})
+        left = self.remaining(remaining or {})
         ledger_tail: LedgerTail = ["", b"", b"", "settled"]
         values: Mapping[str, object] = actual
         if model is not None or tags is not None or usage is not None:
@@ -478,7 +395,7 @@ class Plan:
     def cancel(self, permit_id: object, *, clock_us: int) -> Flow[Settlement]:
         """Return everything a permit took, in every part."""
         ref = self._ref(permit_id)
-        zero = dict.fromkeys(self._known, 0)
+        zero = dict.fromkeys(self.known, 0)
         return (
             yield from self._finish(
                 ref, str(permit_id), zero, CANCELLED, clock_us=clock_us, remaining={}
@@ -492,21 +409,6 @@ class Plan:
         if not self._lean:
             return PermitRef(pid, (), ())
         return PermitRef.decode(pid, self._lean, len(self.rate_order))
-
-    def _remaining(self, remaining: Mapping[str, object]) -> dict[str, int]:
-        """Provider figures per rate dimension, validated, in micro-units."""
-        if not isinstance(remaining, Mapping):
-            raise InvalidArgumentType(
-                f"remaining must map rate dimensions to units, not {type(remaining).__name__}"
-            )
-        left: dict[str, int] = {}
-        for name, value in remaining.items():
-            if name not in self.rate_names:
-                raise UnknownDimension(
-                    f"no rate dimension {name!r}; there are {sorted(self.rate_names)}"
-                )
-            left[name] = to_micro(value, f"remaining {name!r}")
-        return left
 
     def _finish(
         self,
@@ -605,7 +507,7 @@ class Plan:
         :meth:`quick_settled`. Without labels only: they go through :meth:`settle`."""
         nonce = permit_id.partition(".")[0]  # the rest is at hand
         amounts = self.amounts(actual, acquire=False)
-        figures = self._figures(self.parts[0], self._remaining(remaining or {}))
+        figures = self._figures(self.parts[0], self.remaining(remaining or {}))
         return self._lean_settle(
             self.parts[0], nonce, admitted_at_us, reserved_micro, amounts=amounts, figures=figures
         )
@@ -621,7 +523,7 @@ class Plan:
     ) -> Flow[int]:
         """Lower the shared buckets to what the provider reports; returns how many dropped."""
         amounts = {name: -1 for name in self.rate_names}
-        amounts.update(self._remaining(remaining))
+        amounts.update(self.remaining(remaining))
         retry_us = 0 if retry_after_s is None else scaled(retry_after_s, "retry_after", MICRO)
         lowered = 0
         for part in self.parts:
@@ -680,29 +582,6 @@ class Plan:
                 clock_us=clock_us,
             )
             alerts += noted
-            rates, budgets = iter(reply[3]), iter(reply[4])
-            seen = []
-            for j, scope in enumerate(part.scopes, 1):
-                label = f"{scope.name}." if prefix else ""
-                for d in scope.rates:
-                    level, cap, num, den = (int(v) for v in next(rates))
-                    result[label + d.name] = DimensionState(
-                        available=level / MICRO,
-                        capacity=cap / MICRO,
-                        rate_per_s=num / den,
-                        available_micro=level,
-                    )
-                if scope.budget:
-                    spent, reserved, stop = (int(v) for v in next(budgets))
-                    budget = scope.budget.budget
-                    resets_at = datetime.fromtimestamp(stop / MICRO, budget.zone)
-                    result[label + scope.budget.name] = BudgetState(
-                        spent=usd(spent),
-                        reserved=usd(reserved),
-                        limit=usd(scope.budget.limit_nano),
-                        resets_at=resets_at,
-                        period=budget.per,
-                    )
-                    seen.append((j, budget.periods_around(stop - 1)[1][1], spent))
+            seen = read_state(part, reply, result, prefix=prefix)
             self._see(part, seen)
         return result, alerts

@@ -1,4 +1,4 @@
-"""Reading what the scripts reply: alerts, events, refusals and the spend seen.
+"""Reading what the scripts reply: alerts, events, refusals, the state and the spend seen.
 
 Every reply starts ``{status, now_us, notes, ...}`` (lua/lib/args.lua);
 notes, when there are any, hold alerts and events. Alerts become
@@ -18,7 +18,7 @@ from typing import Any
 from ratelimit.core.keys import ALERT_CHANNEL
 from ratelimit.core.numbers import MICRO, text, usd
 from ratelimit.core.part import Part
-from ratelimit.core.results import Alert
+from ratelimit.core.results import Alert, BudgetState, DimensionState, LimiterState
 from ratelimit.errors import AcquireTimeout, BackendError, BudgetExceeded
 
 log = logging.getLogger("ratelimit")
@@ -135,3 +135,36 @@ def timeout_error(scope_names: Sequence[str], wait_us: int, timeout_s: object) -
         f"{timeout_s}s",
         wait_us / MICRO,
     )
+
+
+def read_state(
+    part: Part, reply: Sequence[Any], result: LimiterState, *, prefix: bool
+) -> list[tuple[int, str, int]]:
+    """Put ``state.lua``'s reply for ``part`` into ``result`` (``"scope.dim"`` when
+    ``prefix``); returns the spend seen per budgeted scope: (its position in the
+    part, from 1; its period's label; nano-dollars)."""
+    rates, budgets = iter(reply[3]), iter(reply[4])
+    seen = []
+    for j, scope in enumerate(part.scopes, 1):
+        label = f"{scope.name}." if prefix else ""
+        for d in scope.rates:
+            level, cap, num, den = (int(v) for v in next(rates))
+            result[label + d.name] = DimensionState(
+                available=level / MICRO,
+                capacity=cap / MICRO,
+                rate_per_s=num / den,
+                available_micro=level,
+            )
+        if scope.budget:
+            spent, reserved, stop = (int(v) for v in next(budgets))
+            budget = scope.budget.budget
+            resets_at = datetime.fromtimestamp(stop / MICRO, budget.zone)
+            result[label + scope.budget.name] = BudgetState(
+                spent=usd(spent),
+                reserved=usd(reserved),
+                limit=usd(scope.budget.limit_nano),
+                resets_at=resets_at,
+                period=budget.per,
+            )
+            seen.append((j, budget.periods_around(stop - 1)[1][1], spent))
+    return seen
