@@ -6,11 +6,12 @@
 -- nothing is counted twice and a second restore changes nothing. The budget's
 -- lost_us (when Redis was found to have lost its spend, lib/budget.lua) goes
 -- back to 0: the spend is the ledger of record's again.
--- lib: clock ttl
+-- lib: clock
 --
 -- KEYS[1]  the budget string (lib/budget.lua)
 -- KEYS[2]  the ledger stream (lib/ledger.lua; records decoded with cmsgpack)
 -- KEYS[3]  the spend hash: "<day>|<model>" and "<day>|<model>|saved", nano-dollars
+--          (no TTL, like every money key)
 -- ARGV[1]  tail_from: the first stream ID the client's sums leave out; the
 --          entries from it on are added here ("" = none: the sums hold them all)
 -- ARGV[2]  tail_max: the most entries that tail may hold
@@ -105,6 +106,5 @@ for i = 1, #added, 2 do
   redis.call('HINCRBY', KEYS[3], added[i], string.format('%d', added[i + 1]))
   added[i + 1] = string.format('%d', added[i + 1])
 end
-if #added > 0 then extend_ttl(KEYS[3], 400 * 86400 * 1000, 86400 * 1000) end
 return { 1, now, false, string.format('%d', before), string.format('%d', after), #tail, added,
   string.format('%d', lost) }

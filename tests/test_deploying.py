@@ -221,7 +221,7 @@ def test_prometheus_scrapes_the_exporter_and_grafana_is_provisioned() -> None:
 def test_the_readme_acl_rule_is_enough_for_limiters_and_readers(
     r: redis.Redis, redis_url: str
 ) -> None:
-    [rule] = re.findall(r"^ACL SETUSER .*$", DEPLOYING, flags=re.M)
+    [rule] = re.findall(r"^ACL SETUSER ratelimit .*$", DEPLOYING, flags=re.M)
     words = shlex.split(rule)
     user = words[2]
     [password] = [word[1:] for word in words if word.startswith(">")]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import re
+import shlex
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -87,12 +91,24 @@ def test_a_user_missing_a_command_fails_and_the_readme_user_passes(
         assert verdicts["alert channel"].startswith("FAIL alerts cannot be published")
 
 
-def test_a_user_without_info_gets_a_skip_not_a_failure(start_server: ServerFactory) -> None:
+def test_a_user_without_info_gets_a_skip_not_a_failure(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     server = start_server()
     with acl_user(server, "no-info", "~rl:v2:*", "&*", "+@all", "-info") as user:
         code, verdicts = doctor(user.url)
+        with caplog.at_level(logging.INFO, logger="ratelimit"):
+            assert Limiter(user.url, "chat", requests=Rate(5)).try_acquire() is not None
     assert code == 0, verdicts
     assert verdicts["server"].startswith("skip INFO is not permitted here")
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        (
+            "INFO",
+            "deployment check server could not tell: INFO is not available: "
+            "this user has no permissions to run the 'info' command",
+        )
+    ]
 
 
 def test_a_wrong_password_fails_the_connection(start_server: ServerFactory) -> None:
@@ -138,3 +154,20 @@ def test_doctor_needs_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["doctor"])
     assert exc.value.code == 2
+
+
+def test_the_readme_operator_user_may_run_every_check(start_server: ServerFactory) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    [rule] = re.findall(r"^ACL SETUSER ratelimit-ops .*$", readme, flags=re.M)
+    words = shlex.split(rule)
+    [password] = [word[1:] for word in words if word.startswith(">")]
+    server = start_server("--appendonly", "yes")
+    server.admin.execute_command(*words)  # type: ignore[no-untyped-call]  # untyped in redis-py
+    url = server.url_for(words[2], password)
+    team = Limiter(url, "team", usd=Budget(5))
+    team.acquire(usd="1").settle(usd="0.5")
+    server.admin.xgroup_create(ScopeKeys("team", "team").ledger, SYNC_GROUP, id="$")
+    code, verdicts = doctor(url)
+    assert code == 0, verdicts
+    assert [v for v in verdicts.values() if not v.startswith("ok")] == []
+    assert verdicts["sync team"] == "ok PostgreSQL holds every ledger entry"

@@ -123,7 +123,7 @@ def test_a_user_without_a_command_the_scripts_need_is_refused_before_anything_is
 
 
 def readme_rule() -> list[str]:
-    [rule] = re.findall(r"^ACL SETUSER .*$", DEPLOYING, flags=re.M)
+    [rule] = re.findall(r"^ACL SETUSER ratelimit .*$", DEPLOYING, flags=re.M)
     return shlex.split(rule)
 
 

@@ -201,10 +201,12 @@ def test_the_configuration_gives_restore_each_scope_slot_and_budget(
     assert counters(r, LedgerStream("team-b", "acme")) == pg_counters(ledger_dsn, "team-b")
 
 
-def test_sync_and_restore_work_as_the_readme_acl_user(
+def test_sync_and_restore_work_as_the_readme_operator_user(
     redis_url: str, r: redis.Redis, ledger_dsn: str
 ) -> None:
-    [rule] = re.findall(r"^ACL SETUSER .*$", README.read_text(encoding="utf-8"), flags=re.M)
+    [rule] = re.findall(
+        r"^ACL SETUSER ratelimit-ops .*$", README.read_text(encoding="utf-8"), flags=re.M
+    )
     words = shlex.split(rule)
     [password] = [word[1:] for word in words if word.startswith(">")]
     parts = urlsplit(redis_url)
