@@ -46,6 +46,21 @@ def _checked(url: object) -> str:
     return url
 
 
+def _options_checked(
+    pool: redis.BlockingConnectionPool | redis.asyncio.BlockingConnectionPool, url: str
+) -> None:
+    """Refuse a URL whose query names an option its scheme does not take (``ssl_*`` on a
+    plain ``redis://``): redis-py would raise a bare TypeError at the first call."""
+    try:
+        pool.connection_class(**pool.connection_kwargs)  # builds, does not connect
+    except TypeError as exc:
+        where = url.rsplit("@", maxsplit=1)[-1]  # no password in the message
+        raise InvalidArgument(
+            f"the Redis URL {where!r} has an option its scheme does not take "
+            f"({exc}); TLS options need a rediss:// URL"
+        ) from None
+
+
 def connect(url: str) -> redis.Redis:
     """A client for ``url`` with the short socket timeouts a limiter wants.
 
@@ -58,6 +73,7 @@ def connect(url: str) -> redis.Redis:
         socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
         timeout=URL_POOL_WAIT_S,
     )
+    _options_checked(pool, url)
     return redis.Redis(connection_pool=pool)
 
 
@@ -73,6 +89,7 @@ def connect_async(url: str) -> redis.asyncio.Redis:
         socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
         timeout=URL_POOL_WAIT_S,
     )
+    _options_checked(pool, url)
     return redis.asyncio.Redis(connection_pool=pool)
 
 

@@ -148,7 +148,10 @@ def nodes(info: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
 
 
 def warn(verdicts: Iterable[Verdict]) -> None:
-    """Log one WARNING per failed verdict."""
+    """Log one WARNING per failed verdict; an INFO per check that could not tell (a
+    server that refuses INFO, fakeredis without ACLs): ``ratelimit doctor`` shows them."""
     for verdict in verdicts:
         if verdict.ok is False:
             log.warning("deployment check %s: %s", verdict.name, verdict.detail)
+        elif verdict.ok is None:
+            log.info("deployment check %s could not tell: %s", verdict.name, verdict.detail)

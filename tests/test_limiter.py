@@ -339,3 +339,11 @@ def test_settle_passes_the_providers_figures_on_in_the_same_call(r: redis.Redis)
         limiter.settle(permit.id, remaining={"bogus": 1})
     with pytest.raises(InvalidArgument):
         limiter.settle(permit.id, remaining={"tokens": -1})
+
+
+def test_tag_names_must_be_strings(r: redis.Redis) -> None:
+    limiter = Limiter(r, "q", tokens=Rate(100, per=60))
+    with pytest.raises(InvalidArgumentType, match="tag names must be strings, got 1"):
+        limiter.acquire(tokens=1, tags={1: "a"})  # type: ignore[dict-item]
+    assert r.dbsize() == 0
+    assert limiter.acquire(tokens=1, tags={"user": 1, "team": ["a", "b"]}).backed

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import ratelimit.asyncio
-from ratelimit import AcquireTimeout, BackendError, Limiter, Rate, RedisUnavailable
+from ratelimit import AcquireTimeout, BackendError, InvalidArgument, Limiter, Rate, RedisUnavailable
 from ratelimit.server import EmbeddedServer, free_port
 
 
@@ -81,3 +81,18 @@ def test_hung_server_times_out_quickly_then_recovers(frozen_server: EmbeddedServ
     # once, never admitted twice.
     assert limiter.acquire().settle().applied
     assert 97 <= limiter.state().rate("requests").available <= 98.1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:6379/0", "must start with redis://"),
+        ("127.0.0.1:6379", "must start with redis://"),
+        ("redis://127.0.0.1:6379/0?ssl_ca_certs=/ca.pem", "TLS options need a rediss:// URL"),
+    ],
+)
+def test_a_url_that_cannot_work_is_refused_at_once(url: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        Limiter(url, "q", requests=Rate(5))
+    with pytest.raises(InvalidArgument, match=message):
+        ratelimit.asyncio.Limiter(url, "q", requests=Rate(5))

@@ -53,6 +53,9 @@ def pack_tags(tags: Mapping[str, object] | None) -> bytes:
         return b""
     if not isinstance(tags, Mapping):
         raise InvalidArgumentType(f"tags must be a mapping, not {type(tags).__name__}")
+    named = [k for k in tags if not isinstance(k, str)]
+    if named:
+        raise InvalidArgumentType(f"tag names must be strings, got {named[0]!r}")
     try:
         packed: bytes = msgpack.packb(dict(tags))
     except (TypeError, ValueError) as exc:
