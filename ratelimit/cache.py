@@ -5,7 +5,7 @@ The cache serves only the ``anthropic`` wrapper, so it moved in beside it;
 wrapper, it needs the ``anthropic`` extra.
 """
 
-from ratelimit.anthropic import cache as _moved
+import ratelimit.anthropic.cache
 from ratelimit.anthropic.cache import *  # noqa: F403
 
-__all__ = _moved.__all__
+__all__ = ratelimit.anthropic.cache.__all__

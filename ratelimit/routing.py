@@ -5,7 +5,7 @@ it; ``from ratelimit.routing import Fallback`` keeps working. Like the
 wrapper, they need the ``anthropic`` extra.
 """
 
-from ratelimit.anthropic import routing as _moved
+import ratelimit.anthropic.routing
 from ratelimit.anthropic.routing import *  # noqa: F403
 
-__all__ = _moved.__all__
+__all__ = ratelimit.anthropic.routing.__all__
