@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from typing import cast
 
 import pytest
 import redis
@@ -118,7 +119,8 @@ def test_a_thousand_dead_permits_are_reclaimed_within_twenty_script_calls(
         assert team.try_acquire(usd="0.5") is not None
     leases_key = team._plan.parts[0].leases_key
     assert r.zcard(leases_key) == 1000
-    [(_, last_end)] = r.zrange(leases_key, -1, -1, withscores=True)
+    latest = cast("list[tuple[bytes, float]]", r.zrange(leases_key, -1, -1, withscores=True))
+    [(_, last_end)] = latest
     deadline = time.monotonic() + 30
     while True:  # until every lease has ended, by Redis time
         seconds, micros = r.time()
