@@ -64,9 +64,13 @@ def dashboard_args(redis_url: str, *extra: str) -> Any:
 
 
 @contextmanager
-def served(redis_url: str, *extra: str, token: str | None = None) -> Iterator[DashboardServer]:
-    """A dashboard as ``ratelimit dashboard`` builds it, served in a thread until the end."""
-    server, client = build_server(dashboard_args(redis_url, *extra), token)
+def served(redis_url: str, *extra: str) -> Iterator[DashboardServer]:
+    """A dashboard as ``ratelimit dashboard ARGS`` builds it, served in a thread until the end.
+
+    Its token is ``--token``'s, if given (``$RATELIMIT_DASHBOARD_TOKEN`` is not read).
+    """
+    args = dashboard_args(redis_url, *extra)
+    server, client = build_server(args, args.token)
     try:
         with server:
             yield server

@@ -8,9 +8,11 @@ and stop it.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -26,6 +28,10 @@ def page_url(host: str, port: int) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM after uvicorn's graceful stop: nothing left to do."""
+
+
 class DashboardServer:
     """uvicorn serving ``app`` on ``host:port`` (0: any free port), bound at construction.
 
@@ -39,6 +45,9 @@ class DashboardServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._socket.bind((host.strip("[]"), port))
+            # Listening now, a request made as soon as the URL is printed waits in
+            # the backlog for uvicorn rather than being refused.
+            self._socket.listen(128)
         except OSError as exc:
             self._socket.close()
             raise DashboardRefused(f"cannot listen on {host}:{port}: {exc}") from exc
@@ -54,11 +63,20 @@ class DashboardServer:
         return page_url(self.host, self.port)
 
     def serve(self) -> None:
-        """Serve until Ctrl-C or SIGTERM (uvicorn's own handlers), in this thread."""
+        """Serve until Ctrl-C or SIGTERM, in this thread.
+
+        uvicorn shuts down gracefully on either, then raises the signal again
+        under the handler found before it started: Ctrl-C is then the usual
+        KeyboardInterrupt, and SIGTERM (a container's stop) returns normally.
+        """
+        main = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGTERM, _ignore) if main else None
         try:
             self._server.run(sockets=[self._socket])
         finally:
             self._socket.close()
+            if before is not None:
+                signal.signal(signal.SIGTERM, before)
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Serve in a background thread; return once it accepts requests (bounded wait)."""
