@@ -47,7 +47,9 @@ def budgeted_traffic(client: redis.Redis) -> dict[str, Limiter]:
     team_b = Limiter(client, "team-b", slot="acme", usd=Budget("50", per="month"))
     for cost in ("4.2", "0.05"):
         team_b.acquire(usd="5", model=MODELS[1], tags={"team": "ops"}, timeout=5).settle(usd=cost)
-    chat = Limiter(client, "chat", requests=Rate(10, per=3600), input_tokens=Rate(10_000, per=3600))
+    chat = Limiter(
+        client, "chat", requests=Rate(10, per=86400), input_tokens=Rate(10_000, per=86400)
+    )
     for _ in range(3):
         chat.acquire(input_tokens=1_000, timeout=5)
     return {"team-a": team_a, "team-b": team_b, "chat": chat}

@@ -209,8 +209,8 @@
     const slot = (W - left) / days.length;
     const y = (v) => top + (H - top - bottom) * (1 - v / max);
     const nodes = [];
-    for (let i = 0; i <= 4; i++) {
-      const v = (max * i) / 4;
+    for (let i = 0; i <= 5; i++) {
+      const v = (max * i) / 5;
       nodes.push(svg("line", { x1: left, x2: W, y1: y(v), y2: y(v), class: "grid" }));
       nodes.push(svg("text", { x: left - 6, y: y(v) + 4, class: "axis y", text: usd(String(+v.toFixed(6))) }));
     }
