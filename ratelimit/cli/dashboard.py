@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -19,8 +20,7 @@ import redis
 from ratelimit.backend import connect
 from ratelimit.cli.config_option import configured_scopes
 from ratelimit.cli.output import EXIT_ERROR, safe_url
-from ratelimit.cli.target import add_server_option
-from ratelimit.cli.values import port_number
+from ratelimit.cli.target import add_serving_command
 from ratelimit.dashboard import DASHBOARD_EXTRA
 from ratelimit.dashboard.access import DEFAULT_HOST, TOKEN_ENV, check_binding, resolve_token
 from ratelimit.dashboard.sources import read_live, read_redis_spend, redis_today
@@ -62,25 +62,15 @@ examples:
 
 def add_dashboard_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``dashboard``: the read-only web page."""
-    dashboard = commands.add_parser(
+    dashboard = add_serving_command(
+        commands,
         "dashboard",
-        help="serve a read-only web page of every budget, quota, spend and alert",
+        help_text="serve a read-only web page of every budget, quota, spend and alert",
         description="Serve a read-only web page of the deployment: budgets, spend, quotas, alerts.",
         epilog=DASHBOARD_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_server_option(dashboard)
-    dashboard.add_argument(
-        "--port",
-        type=port_number,
-        default=DEFAULT_PORT,
-        help="the HTTP port (0: any free one, named on stderr; default: %(default)s)",
-    )
-    dashboard.add_argument(
-        "--host",
-        default=DEFAULT_HOST,
-        help="the address to listen on (default: %(default)s, this machine only; any "
-        "other needs a token)",
+        port=DEFAULT_PORT,
+        host=DEFAULT_HOST,
+        host_note="; any other needs a token",
     )
     dashboard.add_argument(
         "--postgres",
@@ -107,15 +97,10 @@ def run_dashboard(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     where = "the ratelimit_ledger table" if args.postgres else "the Redis ledger streams"
     opened = server.url if token is None else f"{server.url}?token=<the token>"
-    print(
-        f"ratelimit dashboard: serving {opened} (read-only; spend from {where}; Ctrl-C to stop)",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
+    message = f"serving {opened} (read-only; spend from {where}; Ctrl-C to stop)"
+    print(f"ratelimit dashboard: {message}", file=sys.stderr, flush=True)
+    with closing(client):
         server.serve()
-    finally:
-        client.close()
     return 0
 
 

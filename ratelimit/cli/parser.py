@@ -28,8 +28,13 @@ from ratelimit.cli.output import EXIT_ERROR, EXIT_INTERRUPTED
 from ratelimit.cli.postgres import add_postgres_commands
 from ratelimit.cli.readers import run_alerts, run_ledger, run_spend
 from ratelimit.cli.status import DEFAULT_INTERVAL_S, run_status
-from ratelimit.cli.target import REDIS_URL_ENV, add_server_option, resolve_server
-from ratelimit.cli.values import port_number, positive_float, positive_int
+from ratelimit.cli.target import (
+    REDIS_URL_ENV,
+    add_server_option,
+    add_serving_command,
+    resolve_server,
+)
+from ratelimit.cli.values import positive_float, positive_int
 from ratelimit.core.keys import ALERT_CHANNEL
 from ratelimit.metrics import DEFAULT_SPEND_DAYS
 
@@ -387,24 +392,14 @@ examples:
 
 def _add_exporter_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``exporter``: serve the deployment's quotas to Prometheus."""
-    exporter = commands.add_parser(
+    exporter = add_serving_command(
+        commands,
         "exporter",
-        help="serve every quota's state to Prometheus (/metrics), read at scrape time",
+        help_text="serve every quota's state to Prometheus (/metrics), read at scrape time",
         description="Serve Prometheus metrics of every scope, read from Redis at each scrape.",
         epilog=EXPORTER_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_server_option(exporter)
-    exporter.add_argument(
-        "--port",
-        type=port_number,
-        default=DEFAULT_PORT,
-        help="the HTTP port (0: any free one, named on stderr; default: %(default)s)",
-    )
-    exporter.add_argument(
-        "--host",
-        default=DEFAULT_HOST,
-        help="the address to listen on (default: %(default)s, this machine only)",
+        port=DEFAULT_PORT,
+        host=DEFAULT_HOST,
     )
     exporter.add_argument(
         "--spend-days",
