@@ -186,6 +186,14 @@ class LedgerStoreError(BackendError):
     """
 
 
+class DashboardRefused(LimiterError):
+    """``ratelimit dashboard`` will not serve as asked, and says what to change.
+
+    For example an address that other machines can reach (anything but
+    loopback) without a token to demand of every request.
+    """
+
+
 class RestoreRefused(LimiterError):
     """``restore`` cannot rebuild a scope safely, so it changed nothing in it.
 

@@ -55,6 +55,8 @@ def test_scripts_found_from_a_built_wheel(redis_url: str, tmp_path: Path) -> Non
     for script in ("lib/bucket", "lib/args", "acquire", "settle", "state", "restore"):
         assert f"ratelimit/lua/{script}.lua" in names
     assert "ratelimit/pricing/prices.toml" in names
+    for static in ("index.html", "dashboard.js", "dashboard.css"):  # the dashboard's page
+        assert f"ratelimit/dashboard/static/{static}" in names
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),

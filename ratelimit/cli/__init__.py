@@ -13,6 +13,7 @@ flight, and ``ratelimit exporter`` serves them to Prometheus.
 
 ``ratelimit sync`` copies every ledger entry into PostgreSQL exactly once, and
 ``ratelimit restore`` rebuilds from there the spend Redis lost.
+``ratelimit dashboard`` serves a read-only web page of it all.
 
 - :mod:`~ratelimit.cli.parser`: the arguments of every command, and :func:`main`.
 - :mod:`~ratelimit.cli.demo`: the demo (workload, workers, progress, run, report).
@@ -20,6 +21,7 @@ flight, and ``ratelimit exporter`` serves them to Prometheus.
 - :mod:`~ratelimit.cli.status` (drawn by :mod:`~ratelimit.cli.status_view`): ``status``.
 - :mod:`~ratelimit.cli.exporter`: ``exporter``.
 - :mod:`~ratelimit.cli.postgres`: ``sync`` and ``restore``, the ledger of record in PostgreSQL.
+- :mod:`~ratelimit.cli.dashboard`: ``dashboard``, over :mod:`ratelimit.dashboard`.
 - :mod:`~ratelimit.cli.target`: ``--redis-url`` or ``$REDIS_URL``, said on stderr.
 - :mod:`~ratelimit.cli.values`: the commands' number arguments.
 - :mod:`~ratelimit.cli.output`: exit statuses, tables, numbers and money, for all of them.

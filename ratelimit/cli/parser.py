@@ -4,8 +4,9 @@ One subcommand per job: ``demo`` (:mod:`ratelimit.cli.demo`), the
 read-only ``ledger``, ``spend`` and ``alerts`` (:mod:`ratelimit.cli.readers`),
 ``status`` (:mod:`ratelimit.cli.status`), ``doctor``
 (:mod:`ratelimit.cli.doctor`), ``exporter``
-(:mod:`ratelimit.cli.exporter`), and ``sync`` and ``restore``
-(:mod:`ratelimit.cli.postgres`). Every command that uses a server takes
+(:mod:`ratelimit.cli.exporter`), ``sync`` and ``restore``
+(:mod:`ratelimit.cli.postgres`), and ``dashboard``
+(:mod:`ratelimit.cli.dashboard`). Every command that uses a server takes
 ``--redis-url``, else ``$REDIS_URL`` (:mod:`ratelimit.cli.target`).
 """
 
@@ -18,6 +19,7 @@ from datetime import UTC, date, datetime
 from importlib import metadata
 
 from ratelimit.cli.config_option import add_config_option
+from ratelimit.cli.dashboard import add_dashboard_command
 from ratelimit.cli.demo.run import run_demo
 from ratelimit.cli.demo.workload import DEFAULT_ITPM, DEFAULT_OTPM, DEFAULT_RPM
 from ratelimit.cli.doctor import DEFAULT_MAX_SYNC_LAG_S, run_doctor
@@ -26,7 +28,12 @@ from ratelimit.cli.output import EXIT_ERROR, EXIT_INTERRUPTED
 from ratelimit.cli.postgres import add_postgres_commands
 from ratelimit.cli.readers import run_alerts, run_ledger, run_spend
 from ratelimit.cli.status import DEFAULT_INTERVAL_S, run_status
-from ratelimit.cli.target import REDIS_URL_ENV, add_server_option, resolve_server
+from ratelimit.cli.target import (
+    REDIS_URL_ENV,
+    add_server_option,
+    add_serving_command,
+    resolve_server,
+)
 from ratelimit.cli.values import positive_float, positive_int
 from ratelimit.core.keys import ALERT_CHANNEL
 from ratelimit.metrics import DEFAULT_SPEND_DAYS
@@ -385,24 +392,14 @@ examples:
 
 def _add_exporter_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``exporter``: serve the deployment's quotas to Prometheus."""
-    exporter = commands.add_parser(
+    exporter = add_serving_command(
+        commands,
         "exporter",
-        help="serve every quota's state to Prometheus (/metrics), read at scrape time",
+        help_text="serve every quota's state to Prometheus (/metrics), read at scrape time",
         description="Serve Prometheus metrics of every scope, read from Redis at each scrape.",
         epilog=EXPORTER_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_server_option(exporter)
-    exporter.add_argument(
-        "--port",
-        type=_port,
-        default=DEFAULT_PORT,
-        help="the HTTP port (0: any free one, named on stderr; default: %(default)s)",
-    )
-    exporter.add_argument(
-        "--host",
-        default=DEFAULT_HOST,
-        help="the address to listen on (default: %(default)s, this machine only)",
+        port=DEFAULT_PORT,
+        host=DEFAULT_HOST,
     )
     exporter.add_argument(
         "--spend-days",
@@ -417,16 +414,6 @@ def _add_exporter_command(commands: argparse._SubParsersAction[argparse.Argument
         help="also serve the client metrics written there (default: $PROMETHEUS_MULTIPROC_DIR)",
     )
     exporter.set_defaults(handler=run_exporter, server="required", usage_error=exporter.error)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -453,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_doctor_command(commands)
     _add_exporter_command(commands)
     add_postgres_commands(commands)
+    add_dashboard_command(commands)
     return parser
 
 
