@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 
@@ -17,6 +19,7 @@ import pytest
 import redis
 import redis.asyncio.cluster
 import redis.cluster
+from test_cli import wait_for_line
 from test_metrics import exporter, scrape, value
 
 import ratelimit.asyncio
@@ -99,6 +102,8 @@ def test_no_over_admission_across_slots(
                     if limiter.try_acquire() is not None:
                         with lock:
                             admitted[limiter.name] += 1
+            for limiter in limiters:
+                limiter.client.close()
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
@@ -218,6 +223,28 @@ def test_readers_on_a_scope_of_another_node(
         code, out, err = run_cli(command[0], name, *command[1:], "--redis-url", cluster_url)
         assert code == 0, err
         assert expect(out), (node, node == first, out)
+
+
+def test_alerts_follow_hears_every_node(
+    cluster: redis.cluster.RedisCluster, cluster_url: str
+) -> None:
+    command = ["alerts", "--follow", "--count", "3", "--redis-url", cluster_url]
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "ratelimit", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_line(follow, "listening on rl:v2:alerts")
+        # Each alert is published by the node of its scope; a cluster relays it to all.
+        names = spend_everywhere(cluster, cluster_url)
+        out, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0, err
+    heard = {line.split()[2] for line in out.splitlines()}
+    assert heard == set(names.values()), out
 
 
 def test_sync_and_restore_refuse_a_cluster(cluster_url: str) -> None:
