@@ -285,6 +285,9 @@ def session(args: argparse.Namespace) -> Iterator[Session]:
     run_id = f"bench-{secrets.token_hex(4)}"
     with server_for(args) as (url, origin):
         client = connect(url)
+        if not isinstance(client, redis.Redis):
+            client.close()
+            raise SystemExit(f"{url}: the benchmarks measure one server, not a Redis Cluster")
         try:
             yield Session(client, url, origin, run_id)
         finally:

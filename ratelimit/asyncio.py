@@ -23,7 +23,12 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from ratelimit import checks, ledger, metrics, scripts
-from ratelimit.backend import FailoverWait, backend_error, drop_idle_connections_async
+from ratelimit.backend import (
+    AsyncClient,
+    FailoverWait,
+    backend_error,
+    drop_idle_connections_async,
+)
 from ratelimit.backend import connect_async as connect
 from ratelimit.batching import ScriptBatcher, batcher_for
 from ratelimit.checks import Verdict
@@ -40,7 +45,6 @@ from ratelimit.pricing import Pricing
 
 __all__ = ["AsyncClient", "Limiter", "LimiterGroup", "Permit", "connect", "drive"]
 
-AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 R = TypeVar("R")
 
 

@@ -12,12 +12,15 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 import redis.exceptions
 
 from ratelimit.errors import (
     BackendError,
     InvalidArgument,
     InvalidArgumentType,
+    LimiterError,
     RedisMisconfigured,
     RedisRefused,
     RedisUnavailable,
@@ -33,6 +36,11 @@ URL_POOL_WAIT_S = 10.0
 
 _SCHEMES = ("redis", "rediss", "unix")
 
+#: A client the limiters take: one server (or a Sentinel's primary), or a Redis Cluster.
+SyncClient = redis.Redis | redis.cluster.RedisCluster
+#: The asyncio twin of :data:`SyncClient`.
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
 
 def _checked(url: object) -> str:
     if not isinstance(url, str):
@@ -40,10 +48,14 @@ def _checked(url: object) -> str:
     scheme = urlsplit(url).scheme
     if scheme not in _SCHEMES:
         raise InvalidArgument(
-            f"unsupported Redis URL {url.split('@')[-1]!r}: it must start with redis://, "
+            f"unsupported Redis URL {_where(url)!r}: it must start with redis://, "
             "rediss:// (TLS) or unix://"
         )
     return url
+
+
+def _where(url: str) -> str:
+    return url.rsplit("@", maxsplit=1)[-1]  # no password in a message
 
 
 def _options_checked(
@@ -54,37 +66,111 @@ def _options_checked(
     try:
         pool.connection_class(**pool.connection_kwargs)  # builds, does not connect
     except TypeError as exc:
-        where = url.rsplit("@", maxsplit=1)[-1]  # no password in the message
         raise InvalidArgument(
-            f"the Redis URL {where!r} has an option its scheme does not take "
+            f"the Redis URL {_where(url)!r} has an option its scheme does not take "
             f"({exc}); TLS options need a rediss:// URL"
         ) from None
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for ``url`` with the short socket timeouts a limiter wants.
-
-    Its pool blocks: a thread that finds every connection in use waits for one
-    (up to :data:`URL_POOL_WAIT_S`) instead of failing.
-    """
+def _pool(url: str, socket_timeout_s: float) -> redis.BlockingConnectionPool:
     pool = redis.BlockingConnectionPool.from_url(
         _checked(url),
-        socket_timeout=URL_SOCKET_TIMEOUT_S,
+        socket_timeout=socket_timeout_s,
         socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
         timeout=URL_POOL_WAIT_S,
     )
     _options_checked(pool, url)
-    return redis.Redis(connection_pool=pool)
+    return pool
 
 
-def connect_async(url: str) -> redis.asyncio.Redis:
+def _runs_cluster(pool: redis.BlockingConnectionPool, url: str) -> bool:
+    """Whether the server behind ``pool`` runs in cluster mode (``INFO cluster``).
+
+    A server that cannot be asked (down, a wrong password, INFO not allowed)
+    counts as one server: the first real call then says what is wrong, as it
+    always did, and a cluster node's MOVED reply says to fix the access.
+    """
+    if pool.connection_class is redis.UnixDomainSocketConnection:
+        return False  # redis-py's cluster client does not take unix sockets
+    try:
+        info = redis.Redis(connection_pool=pool).info("cluster")
+    except redis.exceptions.ResponseError as exc:
+        # A cluster node refuses the SELECT of any database but 0.
+        cluster = "cluster mode" in str(exc)
+    except redis.exceptions.RedisError:
+        return False
+    else:
+        cluster = str(info.get("cluster_enabled", 0)) == "1"
+    if cluster and pool.connection_kwargs.get("db", 0) != 0:
+        pool.disconnect()
+        raise InvalidArgument(
+            f"the Redis URL {_where(url)!r} names a Redis Cluster node, which has only "
+            "database 0: end the URL with /0"
+        )
+    return cluster
+
+
+def _cluster_refused(exc: Exception) -> LimiterError:
+    """Our error for a cluster client that could not be built (the caller chains ``exc``)."""
+    if isinstance(exc, redis.exceptions.RedisError):
+        return backend_error(exc)
+    if "cannot be connected" in str(exc):
+        return RedisUnavailable(f"the Redis Cluster is unreachable: {exc}")
+    return RedisMisconfigured(f"the Redis Cluster cannot be used: {exc}")
+
+
+def connect(url: str, *, socket_timeout_s: float = URL_SOCKET_TIMEOUT_S) -> SyncClient:
+    """A client for ``url`` with the short socket timeouts a limiter wants.
+
+    When the server runs in cluster mode (``INFO cluster`` says
+    ``cluster_enabled:1``), a ``redis.cluster.RedisCluster`` that found
+    every node from this one; else a ``redis.Redis``. Either way its pools
+    block: a thread that finds every connection in use waits for one (up to
+    :data:`URL_POOL_WAIT_S`) instead of failing. ``socket_timeout_s`` is
+    for a caller whose commands block on the server (``ratelimit sync``).
+    """
+    pool = _pool(url, socket_timeout_s)
+    if not _runs_cluster(pool, url):
+        return redis.Redis(connection_pool=pool)
+    pool.disconnect()
+    try:
+        return redis.cluster.RedisCluster.from_url(
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
+            connection_pool_class=redis.BlockingConnectionPool,
+            timeout=URL_POOL_WAIT_S,
+        )
+    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+        raise _cluster_refused(exc) from exc
+
+
+def connect_async(url: str) -> AsyncClient:
     """An asyncio client for ``url`` with the short socket timeouts a limiter wants.
 
-    Its pool blocks too; a limiter's own script calls use one connection of
-    it whatever the concurrency (:mod:`ratelimit.batching`).
+    Cluster mode is found as by :func:`connect`, over a short-lived sync
+    connection (once, when the client is built); a cluster gets a
+    ``redis.asyncio.cluster.RedisCluster``, which finds its nodes at its
+    first call. Otherwise the pool blocks too, and a limiter's own script
+    calls use one connection of it whatever the concurrency
+    (:mod:`ratelimit.batching`).
     """
+    probe = _pool(url, URL_SOCKET_TIMEOUT_S)
+    try:
+        cluster = _runs_cluster(probe, url)
+    finally:
+        probe.disconnect()
+    if cluster:
+        try:
+            return redis.asyncio.cluster.RedisCluster.from_url(
+                url,
+                socket_timeout=URL_SOCKET_TIMEOUT_S,
+                socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
+            )
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:
+            raise _cluster_refused(exc) from exc
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        _checked(url),
+        url,
         socket_timeout=URL_SOCKET_TIMEOUT_S,
         socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
         timeout=URL_POOL_WAIT_S,
@@ -243,4 +329,10 @@ def _misconfiguration(exc: redis.exceptions.RedisError, text: str) -> str | None
         )
     if "Invalid Database" in text or "DB index is out of range" in text:
         return "the database number in the URL does not exist on this server"
+    if isinstance(exc, redis.exceptions.MovedError) or text.startswith("MOVED"):
+        return (
+            "the server is a Redis Cluster node and this client talks to it alone: build the "
+            "client from the node's URL (cluster mode is then found by INFO) or pass a "
+            "redis.cluster.RedisCluster"
+        )
     return None

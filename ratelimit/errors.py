@@ -208,3 +208,12 @@ class RestoreRefused(LimiterError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return functools.partial(type(self), scope=self.scope), self.args, self.__dict__
+
+
+class ClusterNotSupported(LimiterError):
+    """A command that reads one server was pointed at a Redis Cluster.
+
+    ``ratelimit sync`` follows many ledger streams with one blocking
+    ``XREADGROUP``, which a cluster refuses across slots, and ``restore``
+    runs a sync first; both refuse a cluster before doing anything.
+    """

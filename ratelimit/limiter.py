@@ -19,7 +19,13 @@ import redis.exceptions
 from redis.commands.core import Script
 
 from ratelimit import checks, ledger, metrics, scripts
-from ratelimit.backend import FailoverWait, backend_error, connect, drop_idle_connections
+from ratelimit.backend import (
+    FailoverWait,
+    SyncClient,
+    backend_error,
+    connect,
+    drop_idle_connections,
+)
 from ratelimit.checks import Verdict
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
 from ratelimit.core.calls import Flow, ScriptCall
@@ -34,7 +40,6 @@ from ratelimit.pricing import Pricing
 
 __all__ = ["Limiter", "LimiterGroup", "Permit", "SyncClient", "connect", "drive"]
 
-SyncClient = redis.Redis | redis.cluster.RedisCluster
 R = TypeVar("R")
 
 

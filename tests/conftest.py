@@ -7,7 +7,8 @@ set. Each test gets an empty database.
 
 The fault topologies of ``topology.py`` (restartable servers, a replica
 pair, sentinels, a cluster with replicas, TLS) have fixtures here too; each
-starts fresh for its test, since the test breaks it.
+starts fresh for its test, since the test breaks it. A three-primary Redis
+Cluster (``cluster_nodes``, ``cluster``) is started once per module that uses it.
 
 PostgreSQL (the ledger of record, ``ledger_db.py``): each run creates its own
 database and drops it at the end; without a server those tests skip.
@@ -16,12 +17,14 @@ database and drops it at the end; without a server those tests skip.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
 from ledger_db import admin_dsn, fresh_database
 from topology import (
     ClusterTopology,
@@ -132,6 +135,48 @@ def tls_redis(tls_certificates: TlsFiles) -> Iterator[Server]:
     """A server listening only on TLS; ``.url`` verifies it with the right CA."""
     with tls_server(tls_certificates) as server:
         yield server
+
+
+# -- a Redis Cluster of three primaries, shared by a test module ---------------------
+
+CLUSTER_SLOTS = 16384
+
+
+@pytest.fixture(scope="module")
+def cluster_nodes() -> Iterator[list[int]]:
+    """Ports of a three-primary cluster, slots split evenly, no replicas."""
+    with ExitStack() as stack:
+        servers = [
+            stack.enter_context(
+                EmbeddedServer(
+                    extra_args=("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
+                )
+            )
+            for _ in range(3)
+        ]
+        clients = [redis.Redis(port=s.port) for s in servers]
+        share = CLUSTER_SLOTS // len(servers)
+        for i, client in enumerate(clients):
+            end = CLUSTER_SLOTS if i == len(servers) - 1 else (i + 1) * share
+            client.execute_command("CLUSTER ADDSLOTS", *range(i * share, end))  # type: ignore[no-untyped-call]
+        for server in servers[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", server.port)  # type: ignore[no-untyped-call]
+        deadline = time.monotonic() + 20
+        while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients):
+            assert time.monotonic() < deadline, "cluster did not converge"
+            time.sleep(0.1)
+        for client in clients:
+            client.close()
+        yield [s.port for s in servers]
+
+
+@pytest.fixture
+def cluster(cluster_nodes: list[int]) -> Iterator[redis.cluster.RedisCluster]:
+    """A ``RedisCluster`` client on the module's cluster, every primary emptied first."""
+    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster_nodes[0])
+    client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+    yield client
+    client.close()
 
 
 # -- PostgreSQL: the ledger of record ----------------------------------------------

@@ -6,9 +6,6 @@ and redis-py routes it to the node that owns it.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack
 from decimal import Decimal
 
 import pytest
@@ -18,45 +15,6 @@ import redis.cluster
 
 import ratelimit.asyncio
 from ratelimit import Budget, BudgetExceeded, Limiter, LimiterGroup, Rate
-from ratelimit.server import EmbeddedServer
-
-SLOTS = 16384
-
-
-@pytest.fixture(scope="module")
-def cluster_nodes() -> Iterator[list[int]]:
-    """Ports of a three-primary cluster, slots split evenly, no replicas."""
-    with ExitStack() as stack:
-        servers = [
-            stack.enter_context(
-                EmbeddedServer(
-                    extra_args=("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")
-                )
-            )
-            for _ in range(3)
-        ]
-        clients = [redis.Redis(port=s.port) for s in servers]
-        share = SLOTS // len(servers)
-        for i, client in enumerate(clients):
-            end = SLOTS if i == len(servers) - 1 else (i + 1) * share
-            client.execute_command("CLUSTER ADDSLOTS", *range(i * share, end))  # type: ignore[no-untyped-call]
-        for server in servers[1:]:
-            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", server.port)  # type: ignore[no-untyped-call]
-        deadline = time.monotonic() + 20
-        while not all(c.cluster("INFO")["cluster_state"] == "ok" for c in clients):
-            assert time.monotonic() < deadline, "cluster did not converge"
-            time.sleep(0.1)
-        for client in clients:
-            client.close()
-        yield [s.port for s in servers]
-
-
-@pytest.fixture
-def cluster(cluster_nodes: list[int]) -> Iterator[redis.cluster.RedisCluster]:
-    client = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster_nodes[0])
-    client.flushall(target_nodes=redis.cluster.RedisCluster.PRIMARIES)
-    yield client
-    client.close()
 
 
 def test_quotas_on_different_nodes(cluster: redis.cluster.RedisCluster) -> None:

@@ -66,7 +66,10 @@ def snapshot(r: redis.Redis) -> dict[Any, tuple[object, int]]:
     """Every key, its value's dump and its TTL (ms, -1 = none); a key that expires
     while this reads it is left out."""
     found = {key: (r.dump(key), r.pttl(key)) for key in r.keys("*")}
-    return {key: (value, ttl) for key, (value, ttl) in found.items() if value is not None}
+    # Gone before DUMP (no value) or between DUMP and PTTL (-2: no such key).
+    return {
+        key: (value, ttl) for key, (value, ttl) in found.items() if value is not None and ttl != -2
+    }
 
 
 @contextlib.contextmanager

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TextIO
 
 import redis
+import redis.cluster
 import redis.exceptions
 
 from ratelimit import checks, scripts
-from ratelimit.backend import backend_error, connect
+from ratelimit.backend import SyncClient, backend_error, connect
 from ratelimit.checks import Verdict
 from ratelimit.cli.config_option import configured_scopes
 from ratelimit.cli.output import EXIT_ERROR, safe_url
@@ -43,8 +45,12 @@ def _mark(verdict: Verdict) -> str:
     return {True: "ok  ", False: "FAIL", None: "skip"}[verdict.ok]
 
 
-def _server(client: redis.Redis, budgets: bool) -> list[Verdict]:
+def _server(client: SyncClient, budgets: bool) -> list[Verdict]:
+    """The server checks; on a Redis Cluster, the cluster's state and then each primary's
+    (its node named in each verdict), since settings and versions are per node."""
     try:
+        if isinstance(client, redis.cluster.RedisCluster):
+            return _cluster(client, budgets)
         info = client.info()
     except redis.exceptions.ResponseError as exc:
         return [Verdict("server", None, f"INFO is not permitted here ({exc})")]
@@ -54,7 +60,25 @@ def _server(client: redis.Redis, budgets: bool) -> list[Verdict]:
     return verdicts
 
 
-def _scripts(client: redis.Redis) -> list[Verdict]:
+def _cluster(client: redis.cluster.RedisCluster, budgets: bool) -> list[Verdict]:
+    primaries = client.get_primaries()  # type: ignore[no-untyped-call]  # untyped in redis-py
+    state = str(client.cluster_info()["cluster_state"])
+    verdicts = [
+        Verdict(
+            "cluster",
+            state == "ok",
+            f"{len(primaries)} primaries, cluster_state {state}"
+            + ("" if state == "ok" else ": some slots have no primary, their scopes fail"),
+        )
+    ]
+    for node in sorted(primaries, key=lambda n: str(n.name)):
+        for verdict in checks.server_verdicts(client.info(target_nodes=node), budgets=budgets):
+            detail = f"primary {node.name}: {verdict.detail}"
+            verdicts.append(replace(verdict, detail=detail))
+    return verdicts
+
+
+def _scripts(client: SyncClient) -> list[Verdict]:
     failed = []
     for name in scripts.SCRIPT_NAMES:
         try:
@@ -66,7 +90,7 @@ def _scripts(client: redis.Redis) -> list[Verdict]:
     return [Verdict("scripts", True, f"all {len(scripts.SCRIPT_NAMES)} load")]
 
 
-def _permissions(client: redis.Redis) -> list[Verdict]:
+def _permissions(client: SyncClient) -> list[Verdict]:
     keys = [
         PROBE.rates, PROBE.budget, PROBE.permits, PROBE.leases,
         PROBE.ledger, PROBE.spend, PROBE.alerts, PROBE.key("x:check"),
@@ -75,7 +99,7 @@ def _permissions(client: redis.Redis) -> list[Verdict]:
     return checks.acl_verdicts(denied)
 
 
-def _budgets(client: redis.Redis) -> tuple[int, list[Verdict]]:
+def _budgets(client: SyncClient) -> tuple[int, list[Verdict]]:
     """How many budgets the deployment has, and one verdict per budget whose spend Redis lost."""
     found = find_keys(client)
     budgeted = [(slot, name) for (slot, name), kinds in found.scopes.items() if "b" in kinds]
@@ -105,7 +129,7 @@ def _budgets(client: redis.Redis) -> tuple[int, list[Verdict]]:
     return len(budgeted), verdicts
 
 
-def _sync(client: redis.Redis, max_lag_s: float) -> list[Verdict]:
+def _sync(client: SyncClient, max_lag_s: float) -> list[Verdict]:
     """One verdict per ledger stream a ``ratelimit sync`` follows: is it keeping up?
 
     Nothing when no sync follows this deployment (the ledger of record is optional).
@@ -137,7 +161,7 @@ def _sync(client: redis.Redis, max_lag_s: float) -> list[Verdict]:
     return verdicts
 
 
-def doctor(client: redis.Redis, args: argparse.Namespace) -> list[Verdict]:
+def doctor(client: SyncClient, args: argparse.Namespace) -> list[Verdict]:
     """Every verdict about the deployment behind ``client``."""
     try:
         client.time()  # a command every user of the README may run

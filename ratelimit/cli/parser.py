@@ -275,11 +275,12 @@ def _add_reader_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 
 STATUS_EPILOG = """\
-Every scope (a named quota) of the deployment is found by SCAN over rl:v2:*,
-also scopes in a slot, and read without its configuration: what Redis holds
-describes itself. One Redis TIME is the clock of a snapshot. Nothing is
-written: a permit past its lease is shown, not reclaimed. A scope without a
-budget keeps no keys while its buckets are full, so it is not listed then.
+Every scope (a named quota) of the deployment is found by SCAN over rl:v2:*
+(on every primary of a Redis Cluster), also scopes in a slot, and read
+without its configuration: what Redis holds describes itself. One Redis TIME
+is the clock of a snapshot. Nothing is written: a permit past its lease is
+shown, not reclaimed. A scope without a budget keeps no keys while its
+buckets are full, so it is not listed then.
 
 exit status:
   0 done, 2 error (the server could not be read), 130 interrupted.
@@ -334,6 +335,8 @@ what it checks (reading only; SCRIPT LOAD changes no data):
   eviction        noeviction when maxmemory is set (else buckets may restart full)
   persistence     appendonly when the deployment has budgets
   replication     min-replicas-to-write on a primary with replicas
+  cluster         on a Redis Cluster: cluster_state ok; the four checks above
+                  then run on every primary, each line naming its node
   scripts         every Lua script loads
   permissions     the user may run every command the scripts run
   alert channel   the user may publish alerts

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from ratelimit import backend
 from ratelimit.cli.config_option import loaded_config
-from ratelimit.cli.output import EXIT_ERROR, format_time, format_usd
+from ratelimit.cli.output import EXIT_ERROR, format_time, format_usd, safe_url
 from ratelimit.cli.target import add_server_option
 from ratelimit.cli.values import nonnegative_float, positive_int
 from ratelimit.config_file import Config, ScopeConfig
 from ratelimit.core.settings import Budget
-from ratelimit.errors import LimiterError, MissingExtra, RestoreRefused
+from ratelimit.errors import ClusterNotSupported, LimiterError, MissingExtra, RestoreRefused
 from ratelimit.postgres.streams import (
     DEFAULT_BATCH,
     DEFAULT_BLOCK_MS,
@@ -54,10 +55,11 @@ acknowledged in Redis. Kill it at any point: nothing is lost or copied twice.
 Run as many as you like (each is a consumer of the group, named host-pid);
 entries a dead one left pending are claimed after --claim-idle seconds.
 The tables (ratelimit_ledger, ratelimit_streams) are created and migrated on
-first use.
+first use. It reads one Redis or Valkey server (or a Sentinel's primary): a
+Redis Cluster is refused before anything is read.
 
 exit status:
-  0 done (--once) or stopped by SIGTERM/Ctrl-C, 2 error.
+  0 done (--once) or stopped by SIGTERM/Ctrl-C, 2 error (a Redis Cluster too).
 
 examples:
   ratelimit sync --to postgresql://ledger@db/ratelimit --all --redis-url $URL
@@ -76,7 +78,8 @@ When a scope's budget key is gone, its limit and period are needed to write
 it again: --limit/--per/--tz (for every scope named), else the scope's budget
 in the configuration file (ratelimit --config FILE restore ...), else the
 scope is refused and nothing in it changes. The configuration also gives a
-scope's slot; without either, a scope is where the syncs found it.
+scope's slot; without either, a scope is where the syncs found it. Like
+sync, it refuses a Redis Cluster before anything is read or written.
 
 exit status:
   0 every scope restored (or nothing to do), 2 error or a scope refused.
@@ -195,9 +198,20 @@ def _stopping_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _redis(url: str, block_s: float) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, socket_timeout=block_s + SOCKET_SLACK_S, socket_connect_timeout=SOCKET_SLACK_S
+def ledger_client(url: str, block_s: float) -> redis.Redis:
+    """A client whose reads outlast a blocking XREADGROUP of ``block_s`` seconds.
+
+    Raises ClusterNotSupported for a Redis Cluster: one XREADGROUP follows
+    streams of many slots, which a cluster refuses.
+    """
+    client = backend.connect(url, socket_timeout_s=block_s + SOCKET_SLACK_S)
+    if isinstance(client, redis.Redis):
+        return client
+    client.close()
+    raise ClusterNotSupported(
+        f"{safe_url(url)} is a Redis Cluster: sync and restore read one Redis or Valkey "
+        "server (or a Sentinel's primary) and do not support Redis Cluster yet; nothing "
+        "was read or written"
     )
 
 
@@ -240,7 +254,10 @@ def run_sync(args: argparse.Namespace) -> int:
         return _report("sync", _missing_extra(exc))
     except LimiterError as exc:
         return _report("sync", exc)
-    client = _redis(args.redis_url, DEFAULT_BLOCK_MS / 1000)
+    try:
+        client = ledger_client(args.redis_url, DEFAULT_BLOCK_MS / 1000)
+    except LimiterError as exc:
+        return _report("sync", exc)
     sync = LedgerSync(
         client,
         args.to,
@@ -315,7 +332,10 @@ def run_restore(args: argparse.Namespace) -> int:
         from ratelimit.postgres.sync import LedgerSync
     except ImportError as exc:
         return _report("restore", _missing_extra(exc))
-    client = _redis(args.redis_url, 0)
+    try:
+        client = ledger_client(args.redis_url, 0)
+    except LimiterError as exc:
+        return _report("restore", exc)
     code = 0
     try:
         config = loaded_config(args)

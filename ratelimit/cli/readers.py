@@ -22,7 +22,7 @@ from typing import Literal, TextIO
 import redis
 
 from ratelimit import LimiterError, ledger
-from ratelimit.backend import connect
+from ratelimit.backend import SyncClient, connect
 from ratelimit.cli.config_option import scope_keys
 from ratelimit.cli.output import (
     EXIT_BROKEN_PIPE,
@@ -56,7 +56,7 @@ def _scope(args: argparse.Namespace) -> ScopeKeys:
     return scope_keys(args, args.scope, args.slot)
 
 
-def _warn_if_missing(client: redis.Redis, command: str, key: str) -> None:
+def _warn_if_missing(client: SyncClient, command: str, key: str) -> None:
     """Say so on stderr when ``key`` does not exist: most likely a wrong name or --slot."""
     if not client.exists(key):
         print(
@@ -65,7 +65,7 @@ def _warn_if_missing(client: redis.Redis, command: str, key: str) -> None:
         )
 
 
-def _reading(command: str, url: str, body: Callable[[redis.Redis], int]) -> int:
+def _reading(command: str, url: str, body: Callable[[SyncClient], int]) -> int:
     """Run ``body`` with a client for ``url``; errors become a message and exit code 2."""
     try:
         client = connect(url)
@@ -94,7 +94,7 @@ def _reading(command: str, url: str, body: Callable[[redis.Redis], int]) -> int:
 
 
 def read_ledger(
-    client: redis.Redis,
+    client: SyncClient,
     scope: ScopeKeys,
     since: datetime | None = None,
     until: datetime | None = None,
@@ -154,7 +154,7 @@ class _Tally:
 
 
 def export_ledger(
-    client: redis.Redis,
+    client: SyncClient,
     scope: ScopeKeys,
     out: TextIO,
     fmt: LedgerFormat,
@@ -184,7 +184,7 @@ def export_ledger(
 
 
 def _ledger_progress(
-    client: redis.Redis, scope: ScopeKeys, args: argparse.Namespace, to_stdout: bool
+    client: SyncClient, scope: ScopeKeys, args: argparse.Namespace, to_stdout: bool
 ) -> Progress:
     """The export's progress on stderr, when stderr is a terminal and the output is elsewhere.
 
@@ -202,7 +202,7 @@ def _ledger_progress(
 def run_ledger(args: argparse.Namespace) -> int:
     """``ratelimit ledger``: returns the exit code."""
 
-    def body(client: redis.Redis) -> int:
+    def body(client: SyncClient) -> int:
         scope = _scope(args)
         to_stdout = args.output in (None, "-")
         with _ledger_progress(client, scope, args, to_stdout) as progress:
@@ -262,7 +262,7 @@ def spend_table(
 def run_spend(args: argparse.Namespace) -> int:
     """``ratelimit spend``: returns the exit code."""
 
-    def body(client: redis.Redis) -> int:
+    def body(client: SyncClient) -> int:
         scope = _scope(args)
         spend, saved = drive(client, ledger.read_spend_and_saved(scope, args.day))
         print("\n".join(spend_table(scope.name, spend, saved)))
@@ -306,7 +306,7 @@ def alert_line(fired: FiredAlert) -> str:
     )
 
 
-def follow_alerts(client: redis.Redis, scope: str | None, count: int | None, out: TextIO) -> int:
+def follow_alerts(client: SyncClient, scope: str | None, count: int | None, out: TextIO) -> int:
     """Print alerts published on ALERT_CHANNEL as they come (of ``scope`` only, if given).
 
     Returns after ``count`` alerts; otherwise runs until interrupted. The
@@ -353,7 +353,7 @@ def follow_alerts(client: redis.Redis, scope: str | None, count: int | None, out
 def run_alerts(args: argparse.Namespace) -> int:
     """``ratelimit alerts``: returns the exit code."""
 
-    def body(client: redis.Redis) -> int:
+    def body(client: SyncClient) -> int:
         if args.follow:
             return follow_alerts(client, args.scope, args.count, sys.stdout)
         scope = _scope(args)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import redis
 
-from ratelimit.backend import connect
+from ratelimit.backend import SyncClient, connect
 from ratelimit.cli.config_option import configured_scopes
 from ratelimit.cli.output import EXIT_ERROR, safe_url
 from ratelimit.core.scope import ScopeSpec
@@ -52,7 +52,7 @@ def snapshot_json(snapshot: Snapshot, server: str) -> dict[str, Any]:
 
 
 def snapshots(
-    client: redis.Redis,
+    client: SyncClient,
     names: Sequence[str] | None,
     configured: Sequence[ScopeSpec],
     interval_s: float,

@@ -2,7 +2,9 @@
 
 Every command that reads or uses a server resolves it here, once, and says
 on stderr which server it is and where the URL came from (the password
-masked), so a command never talks to a server its user did not expect.
+masked), so a command never talks to a server its user did not expect. The
+URL of any node of a Redis Cluster names the whole cluster
+(:func:`ratelimit.backend.connect` finds out).
 The commands that serve HTTP (``exporter``, ``dashboard``) take where they
 listen here too: ``--port`` and ``--host``.
 """
@@ -26,7 +28,8 @@ def add_server_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     parser.add_argument(
         "--redis-url",
         metavar="URL",
-        help=f"the deployment's Redis/Valkey server (default: ${REDIS_URL_ENV})",
+        help="the deployment's Redis/Valkey server, or any node of a Redis Cluster "
+        f"(default: ${REDIS_URL_ENV})",
     )
 
 

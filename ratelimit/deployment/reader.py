@@ -16,6 +16,7 @@ from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.cluster
 import redis.exceptions
 
 from ratelimit.backend import backend_error
@@ -139,7 +140,10 @@ def _read(
     hashes = _PermitHashes(found, list(kinds))
 
     first = _Batch(client)
-    first.ask("time", "time")
+    # A cluster pipeline takes only commands with keys: there TIME is asked of one node first.
+    clock = client.time() if isinstance(client, redis.cluster.RedisCluster) else None
+    if clock is None:
+        first.ask("time", "time")
     for scope in wanted:
         keys = ScopeKeys(scope[1], scope[0])
         first.ask((scope, "r"), "get", keys.rates)
@@ -151,7 +155,7 @@ def _read(
     for key in hashes.keys:
         first.ask(key, "hlen", key)
     replies = first.run()
-    seconds, micros = replies["time"]
+    seconds, micros = clock or replies["time"]
     now_us = int(seconds) * 1_000_000 + int(micros)
     sizes = {key: int(n) for key, n in replies.items() if isinstance(key, str) and key != "time"}
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import redis
 
+from ratelimit.backend import SyncClient
 from ratelimit.core.numbers import text
 from ratelimit.postgres.streams import SYNC_GROUP, LedgerStream, discover, id_order
 
@@ -47,7 +48,7 @@ class Unsynced:
     (pending, or after the last delivered one); None when there is none."""
 
 
-def unsynced_from(client: redis.Redis, stream: LedgerStream, group: str = SYNC_GROUP) -> Unsynced:
+def unsynced_from(client: SyncClient, stream: LedgerStream, group: str = SYNC_GROUP) -> Unsynced:
     """Where the entries not known to be in PostgreSQL begin, in ``stream``.
 
     Every entry of the stream before ``first_id`` has been acknowledged, so
@@ -105,7 +106,7 @@ class SyncLag:
 
 
 def sync_lag(
-    client: redis.Redis,
+    client: SyncClient,
     streams: Iterable[LedgerStream] | None = None,
     *,
     group: str = SYNC_GROUP,

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import redis
-
+from ratelimit.backend import SyncClient
 from ratelimit.core.keys import KEY_PREFIX, ScopeKeys
 from ratelimit.deployment.keys import ScopeKey, parse_key
 
@@ -71,7 +70,7 @@ def parse_ledger_key(key: str | bytes) -> LedgerStream | None:
     return None
 
 
-def discover(client: redis.Redis) -> list[LedgerStream]:
+def discover(client: SyncClient) -> list[LedgerStream]:
     """Every ledger stream the server holds, sorted by scope and slot (SCAN, not KEYS)."""
     found = {
         stream

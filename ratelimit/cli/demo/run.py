@@ -28,7 +28,7 @@ from typing import Literal, TextIO
 import redis
 
 from ratelimit import LimiterError, Rate
-from ratelimit.backend import connect
+from ratelimit.backend import SyncClient, connect
 from ratelimit.cli.demo.progress import PROGRESS_WINDOW_S, Progress
 from ratelimit.cli.demo.report import Outcome, report
 from ratelimit.cli.demo.workers import (
@@ -96,7 +96,7 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return EXIT_ERROR
 
 
-def _server_version(client: redis.Redis) -> str:
+def _server_version(client: SyncClient) -> str:
     info = client.info("server")
     # Valkey also reports a redis_version (of the Redis it is compatible with).
     if "valkey_version" in info:
@@ -104,7 +104,7 @@ def _server_version(client: redis.Redis) -> str:
     return f"redis {info['redis_version']}"
 
 
-def _server_time_us(client: redis.Redis) -> int:
+def _server_time_us(client: SyncClient) -> int:
     """The server's clock in microseconds: the only clock the limit is judged by."""
     seconds, micros = client.time()
     return int(seconds) * 1_000_000 + int(micros)
@@ -175,7 +175,7 @@ class _Demo:
         finally:
             client.close()
 
-    def _run(self, client: redis.Redis) -> int:
+    def _run(self, client: SyncClient) -> int:
         ctx = multiprocessing.get_context("spawn")
         messages: Queue[Message] = ctx.Queue()
         go = ctx.Event()
@@ -216,7 +216,7 @@ class _Demo:
 
     def _start(
         self,
-        client: redis.Redis,
+        client: SyncClient,
         messages: Queue[Message],
         progress: Progress,
         go: Event,

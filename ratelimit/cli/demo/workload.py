@@ -11,9 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-import redis
-
 from ratelimit import Limiter, Rate
+from ratelimit.backend import SyncClient
 
 #: The demo scope's dimensions, in display order.
 DIMENSIONS = ("requests", "input_tokens", "output_tokens")
@@ -99,7 +98,7 @@ def demo_rates(
     }
 
 
-def demo_limiter(client: redis.Redis | str, name: str, rates: dict[str, Rate]) -> Limiter:
+def demo_limiter(client: SyncClient | str, name: str, rates: dict[str, Rate]) -> Limiter:
     """The demo scope's limiter, as every worker builds it."""
     return Limiter(
         client,
