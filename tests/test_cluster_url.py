@@ -28,6 +28,7 @@ from ratelimit.backend import connect, connect_async
 from ratelimit.cli import main
 from ratelimit.cli.postgres import ledger_client
 from ratelimit.core.keys import ScopeKeys
+from ratelimit.dashboard.sources import read_live, read_redis_spend, redis_today
 from ratelimit.errors import ClusterNotSupported
 
 #: Admission attempts per scope and thread: far more than its capacity.
@@ -200,6 +201,26 @@ def test_doctor_checks_every_primary(
     assert "ok   data loss: no budget lost its spend (3 budgets)" in lines
     assert any(line.startswith("ok   scripts: all ") for line in lines)
     assert "ok   permissions: every command the scripts run is allowed" in lines
+
+
+def test_the_dashboard_reads_the_scopes_of_every_node(
+    cluster: redis.cluster.RedisCluster, cluster_url: str
+) -> None:
+    names = spend_everywhere(cluster, cluster_url)
+    client = connect(cluster_url)
+    try:
+        live = read_live(client)
+        spend = read_redis_spend(client, redis_today(client))
+    finally:
+        client.close()
+    assert {b["scope"]: b["spent_usd"] for b in live["budgets"]} == {
+        name: "0.6" for name in names.values()
+    }
+    assert sorted(alert["scope"] for alert in live["alerts"]) == sorted(names.values())
+    assert {row["name"]: row["usd"] for row in spend["top_scopes"]} == {
+        name: "0.6" for name in names.values()
+    }
+    assert spend["total_usd"] == "1.8"
 
 
 @pytest.mark.parametrize(

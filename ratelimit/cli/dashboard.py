@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from ratelimit.backend import connect
+from ratelimit.backend import SyncClient, connect
 from ratelimit.cli.config_option import configured_scopes
 from ratelimit.cli.output import EXIT_ERROR, safe_url
 from ratelimit.cli.target import add_serving_command
@@ -106,7 +106,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
 def build_server(
     args: argparse.Namespace, token: str | None
-) -> tuple[DashboardServer, redis.Redis]:
+) -> tuple[DashboardServer, SyncClient]:
     """The bound :class:`~ratelimit.dashboard.serving.DashboardServer` and its Redis client.
 
     Raises a :class:`~ratelimit.errors.LimiterError` for everything the user

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from ratelimit import deployment, ledger
-from ratelimit.backend import backend_error
+from ratelimit.backend import SyncClient, backend_error
 from ratelimit.cli.readers import read_ledger
 from ratelimit.core.keys import ScopeKeys
 from ratelimit.core.scope import ScopeSpec
@@ -38,7 +38,7 @@ from ratelimit.postgres.streams import discover
 MAX_ENTRIES = 500_000
 
 
-def redis_today(client: redis.Redis) -> date:
+def redis_today(client: SyncClient) -> date:
     """Today's date (UTC) by the Redis server's clock: the spend chart's last day."""
     try:
         seconds, _ = client.time()
@@ -47,7 +47,7 @@ def redis_today(client: redis.Redis) -> date:
     return datetime.fromtimestamp(int(seconds), UTC).date()
 
 
-def read_live(client: redis.Redis, configured: Sequence[ScopeSpec] = ()) -> dict[str, Any]:
+def read_live(client: SyncClient, configured: Sequence[ScopeSpec] = ()) -> dict[str, Any]:
     """The ``/api/live`` document: every scope at one Redis time, and the newest alerts.
 
     Raises :class:`~ratelimit.errors.BackendError` when Redis cannot be read.
@@ -62,7 +62,7 @@ def read_live(client: redis.Redis, configured: Sequence[ScopeSpec] = ()) -> dict
 
 
 def _window_entries(
-    client: redis.Redis, first_day: date, limit: int, bound: list[bool]
+    client: SyncClient, first_day: date, limit: int, bound: list[bool]
 ) -> Iterator[LedgerEntry]:
     """Every ledger stream's entries from the day before ``first_day`` (UTC) on.
 
@@ -85,7 +85,7 @@ def _window_entries(
 
 
 def read_redis_spend(
-    client: redis.Redis, today: date, *, max_entries: int = MAX_ENTRIES
+    client: SyncClient, today: date, *, max_entries: int = MAX_ENTRIES
 ) -> dict[str, Any]:
     """The ``/api/spend`` document from what the ledger streams still hold.
 
