@@ -39,7 +39,7 @@ from ratelimit.core.plan import log
 from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
 from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
 from ratelimit.core.settings import Retention
-from ratelimit.errors import AcquireTimeout, RedisMisconfigured, RedisRefused, RedisUnavailable
+from ratelimit.errors import AcquireTimeout, RedisRefused, RedisUnavailable
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
 
@@ -160,28 +160,20 @@ class _Shell(LimiterBase):
         client's first admission; ``ratelimit doctor`` runs it from a shell.
         """
         kind = bool(self._plan.budget_names)
-        verdicts: list[Verdict] = []
+        info: Mapping[str, Any] | Exception
         try:
             info = await self.client.info()
         except redis.exceptions.RedisError as exc:
             error = backend_error(exc)
             if isinstance(error, RedisUnavailable | RedisRefused):
                 raise error from exc
-            # A managed service (or fakeredis) may not allow INFO: say so, and go on.
-            verdicts.append(Verdict("server", None, f"INFO is not available: {exc}"))
-        else:
-            for node in checks.nodes(info):
-                verdicts += checks.server_verdicts(node, budgets=kind)
+            info = exc  # INFO refused (a managed service, fakeredis): said, and go on
         keys, args = self._check_call()
         try:
             denied = await self._scripts["check"](keys=keys, args=args)
         except redis.exceptions.RedisError as exc:
             raise backend_error(exc) from exc
-        acl = checks.acl_verdicts(denied)
-        verdicts += acl
-        checks.warn(verdicts)
-        if acl[0].ok is False:
-            raise RedisMisconfigured(acl[0].detail)
+        verdicts = checks.conclude(checks.info_verdicts(info, budgets=kind), denied)
         _checked_clients.setdefault(self.client, set()).add(kind)
         self._deployment_ok = True
         return verdicts

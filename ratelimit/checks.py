@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ratelimit.core.numbers import text
+from ratelimit.errors import RedisMisconfigured
 
 log = logging.getLogger("ratelimit")
 
@@ -145,6 +146,26 @@ def nodes(info: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
     if values and all(isinstance(v, Mapping) for v in values):
         return values
     return [info]
+
+
+def info_verdicts(info: Mapping[str, Any] | Exception, *, budgets: bool) -> list[Verdict]:
+    """The server verdicts of an INFO reply (each node's, on a cluster), or of an INFO
+    the server refused (a managed service, fakeredis): that says so, and the checks go on."""
+    if isinstance(info, Exception):
+        return [Verdict("server", None, f"INFO is not available: {info}")]
+    return [v for node in nodes(info) for v in server_verdicts(node, budgets=budgets)]
+
+
+def conclude(verdicts: Sequence[Verdict], denied: Sequence[object]) -> list[Verdict]:
+    """Every verdict, with lua/check.lua's, logged (:func:`warn`); raises
+    :class:`~ratelimit.errors.RedisMisconfigured` when the Redis user may not run a
+    command the scripts need."""
+    acl = acl_verdicts(denied)
+    every = [*verdicts, *acl]
+    warn(every)
+    if acl[0].ok is False:
+        raise RedisMisconfigured(acl[0].detail)
+    return every
 
 
 def warn(verdicts: Iterable[Verdict]) -> None:

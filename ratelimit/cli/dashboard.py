@@ -104,9 +104,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_server(
-    args: argparse.Namespace, token: str | None
-) -> tuple[DashboardServer, SyncClient]:
+def build_server(args: argparse.Namespace, token: str | None) -> tuple[DashboardServer, SyncClient]:
     """The bound :class:`~ratelimit.dashboard.serving.DashboardServer` and its Redis client.
 
     Raises a :class:`~ratelimit.errors.LimiterError` for everything the user
