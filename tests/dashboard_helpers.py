@@ -8,8 +8,10 @@ and served by uvicorn in a thread on a free port of 127.0.0.1.
 from __future__ import annotations
 
 import json
+import struct
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -102,3 +104,46 @@ def get_json(url: str, token: str | None = None) -> Any:
     status, _, body = request(url, headers=headers)
     assert status == 200, (status, body[:500])
     return json.loads(body)
+
+
+def png_pixels(data: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Width, height and RGB pixels (row by row) of an 8-bit RGB or RGBA PNG, as
+    chromedriver writes its screenshots; anything else fails the test that asked."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    at, header, compressed = 8, b"", b""
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        at += 12 + length
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            compressed += body
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert depth == 8, depth
+    assert color in (2, 6), color
+    assert interlace == 0, interlace
+    step = 3 if color == 2 else 4
+    raw, stride = zlib.decompress(compressed), width * step
+    rows: list[bytearray] = []
+    previous = bytearray(stride)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for x in range(stride):
+            left = line[x - step] if x >= step else 0
+            up, corner = previous[x], previous[x - step] if x >= step else 0
+            if kind == 1:
+                line[x] = (line[x] + left) & 0xFF
+            elif kind == 2:
+                line[x] = (line[x] + up) & 0xFF
+            elif kind == 3:
+                line[x] = (line[x] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                guess = left + up - corner
+                near = min((abs(guess - v), i) for i, v in enumerate((left, up, corner)))[1]
+                line[x] = (line[x] + (left, up, corner)[near]) & 0xFF
+        rows.append(line)
+        previous = line
+    pixels = [tuple(row[x : x + 3]) for row in rows for x in range(0, stride, step)]
+    return width, height, pixels  # type: ignore[return-value]  # 3-tuples by construction

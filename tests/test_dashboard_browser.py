@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from dashboard_helpers import budgeted_traffic, served
+from dashboard_helpers import budgeted_traffic, png_pixels, served
 
 from ratelimit.cli.output import format_usd
 
@@ -131,6 +131,14 @@ def test_the_page_shows_the_ledger_and_follows_live_traffic(
             lambda driver: float(_utilization(driver).rstrip("%")) >= 69.0
         )
 
+        # A new settle shows on team-a's gauge without a reload (the live refresh).
+        team_a.acquire(usd="1", model="claude-sonnet-4-6", timeout=5).settle(usd="0.25")
+        WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+            lambda driver: _text(driver, card + ".spent") == usd(spent + Decimal("0.25"))
+        )
+
+        _chart_is_drawn(browser, today)
+
         entries = browser.execute_script(
             "return performance.getEntriesByType('navigation')"
             ".concat(performance.getEntriesByType('resource')).map(e => e.name)"
@@ -142,6 +150,37 @@ def test_the_page_shows_the_ledger_and_follows_live_traffic(
     assert f"{origin}/api/spend" in entries
     assert all(str(name).startswith(origin + "/") for name in entries), entries
     assert [entry for entry in logs if entry["level"] == "SEVERE"] == []
+
+
+def _chart_is_drawn(driver: Any, day: str) -> None:
+    """A screenshot of the spend chart has the chart's size, and the bar of ``day``
+    shows in each of its models' colours: the SVG was really painted."""
+    chart = driver.find_element(By.ID, "spend-chart")
+    png = chart.screenshot_as_png
+    ratio, box = driver.execute_script(
+        "const r = document.getElementById('spend-chart').getBoundingClientRect();"
+        "return [window.devicePixelRatio, [r.width, r.height]]"
+    )
+    width, height, pixels = png_pixels(png)
+    assert abs(width - box[0] * ratio) <= 2, (width, box, ratio)
+    assert abs(height - box[1] * ratio) <= 2, (height, box, ratio)
+    assert width >= 400, width
+    assert height >= 150, height
+    fills = driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(r => r.getAttribute('fill'))",
+        f'g.bar-day[data-day="{day}"] rect.segment',
+    )
+    assert len(fills) == 2, fills  # the day's two models
+    counts = {fill: 0 for fill in fills}
+    wanted = {tuple(int(f[i : i + 2], 16) for i in (1, 3, 5)): f for f in fills}
+    for pixel in pixels:
+        fill = wanted.get(pixel)
+        if fill is not None:
+            counts[fill] += 1
+    # Each segment is tens of pixels wide; the smaller is still thousands of pixels tall x wide.
+    assert all(count >= 200 for count in counts.values()), counts
+    print("chart", width, height, counts)
+    assert len(set(pixels)) >= 5, "the chart is one flat colour"
 
 
 def test_the_page_opened_with_its_token_passes_it_to_the_api(
