@@ -41,7 +41,7 @@ from ratelimit.postgres.schema import connect, migrate
 from ratelimit.postgres.sync import LedgerSync
 from ratelimit.server import EmbeddedServer
 
-MODELS = {"claude-sonnet-4-6": 3, "claude-haiku-4-5": 1, "claude-opus-4-1": 15}
+MODELS = {"claude-sonnet-4-6": 3, "claude-haiku-4-5": 1, "claude-opus-4-8": 15}
 USERS = [f"u-{n}" for n in (7, 12, 17, 23, 31, 42, 56)]
 TEAMS = ("search", "support", "research")
 
@@ -85,7 +85,7 @@ def traffic(client: redis.Redis, rng: random.Random) -> None:
         group.acquire(
             usd="0.4", input_tokens=400_000, output_tokens=30_000, model="claude-sonnet-4-6"
         )
-    teams["research"].acquire(usd="1.5", model="claude-opus-4-1")
+    teams["research"].acquire(usd="1.5", model="claude-opus-4-8")
 
 
 def history(dsn: str, today: date, rng: random.Random) -> None:
