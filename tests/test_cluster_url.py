@@ -7,6 +7,7 @@ primary, so a reader that looked at one node only would miss two thirds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -129,6 +130,30 @@ async def test_async_limiters_from_a_node_url(
             assert await limiter.try_acquire() is None
         finally:
             await limiter.client.aclose()
+
+
+async def test_a_thousand_concurrent_acquires_on_a_cluster_url_complete(
+    cluster: redis.cluster.RedisCluster, cluster_url: str
+) -> None:
+    """As on one server (tests/test_faults_errors.py): no pool error, nothing unmetered."""
+    names = list(one_scope_per_node(cluster, "crowd").values())
+    limiters = [
+        ratelimit.asyncio.Limiter(cluster_url, name, requests=Rate(100, per=3600))
+        for name in names
+    ]
+    try:
+        results = await asyncio.gather(
+            *(limiters[i % len(limiters)].try_acquire() for i in range(1000)),
+            return_exceptions=True,
+        )
+    finally:
+        for limiter in limiters:
+            await limiter.client.aclose()
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert errors == []
+    admitted = [r for r in results if r is not None]
+    assert len(admitted) == 100 * len(names)
+    assert all(permit.backed for permit in admitted)  # type: ignore[union-attr]
 
 
 def test_a_plain_client_on_a_node_is_told_it_is_a_cluster(
