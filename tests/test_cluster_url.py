@@ -138,8 +138,7 @@ async def test_a_thousand_concurrent_acquires_on_a_cluster_url_complete(
     """As on one server (tests/test_faults_errors.py): no pool error, nothing unmetered."""
     names = list(one_scope_per_node(cluster, "crowd").values())
     limiters = [
-        ratelimit.asyncio.Limiter(cluster_url, name, requests=Rate(100, per=3600))
-        for name in names
+        ratelimit.asyncio.Limiter(cluster_url, name, requests=Rate(100, per=3600)) for name in names
     ]
     try:
         results = await asyncio.gather(
