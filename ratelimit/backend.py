@@ -33,6 +33,9 @@ URL_SOCKET_TIMEOUT_S = 1.0
 #: How long a call waits for a free connection of a URL-built client's pool
 #: (a busy pool is not an outage: the call waits its turn, within this bound).
 URL_POOL_WAIT_S = 10.0
+#: A URL-built client's pool: 64 connections for the process's own concurrency and
+#: the one its limiters' scripts keep (:data:`ratelimit.transport.HOLD_FROM`).
+URL_POOL_SIZE = 65
 
 _SCHEMES = ("redis", "rediss", "unix")
 
@@ -78,6 +81,7 @@ def _pool(url: str, socket_timeout_s: float) -> redis.BlockingConnectionPool:
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=URL_SOCKET_TIMEOUT_S,
         timeout=URL_POOL_WAIT_S,
+        max_connections=URL_POOL_SIZE,
     )
     _options_checked(pool, url)
     return pool

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import redis
 import redis.cluster
 import redis.exceptions
-from redis.commands.core import Script
 
 from ratelimit import checks, ledger, metrics, scripts
 from ratelimit.backend import (
@@ -37,13 +36,14 @@ from ratelimit.core.settings import Retention
 from ratelimit.errors import AcquireTimeout, RedisRefused, RedisUnavailable
 from ratelimit.ledger import LedgerEntry
 from ratelimit.pricing import Pricing
+from ratelimit.transport import LeanScript
 
 __all__ = ["Limiter", "LimiterGroup", "Permit", "SyncClient", "connect", "drive"]
 
 R = TypeVar("R")
 
 
-def drive(client: SyncClient, flow: Flow[R], scripts: Mapping[str, Script] | None = None) -> R:
+def drive(client: SyncClient, flow: Flow[R], scripts: Mapping[str, LeanScript] | None = None) -> R:
     """Run a core flow on ``client``: each call it yields goes to Redis, each reply back.
 
     ``scripts`` carries out its script calls; a flow of plain reads (the
@@ -85,7 +85,7 @@ class _Shell(LimiterBase):
     """What a Limiter and a LimiterGroup share: admission over a plan of scopes."""
 
     client: SyncClient
-    _scripts: dict[str, Script]
+    _scripts: dict[str, LeanScript]
 
     _deployment_ok = False
 
@@ -365,7 +365,7 @@ class Limiter(_Shell):
         )
         self.client = connect(client) if isinstance(client, str) else client
         self._scripts = {
-            script: self.client.register_script(scripts.source(script))
+            script: LeanScript(self.client, self.client.register_script(scripts.source(script)))
             for script in scripts.SCRIPT_NAMES
         }
 

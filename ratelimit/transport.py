@@ -1,0 +1,183 @@
+"""Script calls on a plain redis-py client, without its per-command machinery.
+
+redis-py 8 runs every command through a retry wrapper, timing and error
+recording for its observability hooks, a per-command dispatch and the
+response callbacks: measured here, that is most of what a one-key script
+call costs the client (``python benchmarks/bench_peers.py``). A
+:class:`LeanScript` sends its ``EVALSHA`` over a connection of the client's
+own pool (its address, password, TLS, Sentinel, timeouts) and reads the
+reply, and nothing else.
+
+Everything else takes redis-py's own path (:class:`redis.commands.core.Script`),
+so its behaviour is unchanged: a Redis Cluster, fakeredis or any client
+subclass, a single-connection client, client-side caching, a response
+callback for ``EVALSHA``; and, on the lean path, a script the server does
+not have (redis-py loads it) and any connection error or timeout (redis-py's
+retry policy reconnects and sends again, as it would have done).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+import redis.connection
+import redis.exceptions
+from redis.commands.core import Script
+
+from ratelimit.backend import SyncClient
+from ratelimit.core.calls import ScriptArg
+
+__all__ = ["HOLD_FROM", "LeanScript", "lean_pool"]
+
+#: A pool that allows at least this many connections lends one for good to the
+#: scripts of its client in each process (redis-py's default pool allows 2^31;
+#: a URL-built limiter's allows HOLD_FROM + 1). A smaller pool was sized on
+#: purpose: its connections are checked out per call, as redis-py does.
+HOLD_FROM = 64
+
+#: What makes the lean path hand the call to redis-py's: it reconnects and
+#: retries (connection errors, timeouts) or loads the script (NOSCRIPT).
+_FULL_PATH_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.NoScriptError,
+)
+
+
+#: Encoder settings under which ``str.encode()`` writes what redis-py's encoder does.
+_UTF8 = {("utf-8", "strict"), ("utf8", "strict"), ("UTF-8", "strict")}
+
+
+def lean_pool(client: object) -> redis.ConnectionPool | None:
+    """``client``'s connection pool when a script call may bypass redis-py's
+    command path, else None (see the module's docstring)."""
+    if type(client) is not redis.Redis:  # a cluster, fakeredis, a user's subclass
+        return None
+    if client.connection is not None or client.get_cache() is not None:
+        return None
+    if "EVALSHA" in client.response_callbacks:
+        return None
+    pool = client.connection_pool
+    kind = pool.connection_class
+    if not kind.__module__.startswith("redis.") or not hasattr(kind, "should_reconnect"):
+        return None  # a connection class of another library, or a redis-py without the hook
+    return pool
+
+
+class _Held:
+    """The connection a pool lends its client's scripts in this process.
+
+    Taken from the pool at the first call and never given back (the pool
+    counts it in use, so its own users never get it); a caller takes its lock
+    without waiting, and a caller that finds it busy checks a connection out
+    of the pool instead. A forked child takes its own.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.pool = pool
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.connection: redis.connection.AbstractConnection | None = None
+
+    def take(self) -> redis.connection.AbstractConnection:
+        if self.connection is None:
+            self.connection = self.pool.get_connection()
+        return self.connection
+
+
+_held: weakref.WeakKeyDictionary[redis.ConnectionPool, _Held] = weakref.WeakKeyDictionary()
+_held_lock = threading.Lock()
+
+
+def _held_of(pool: redis.ConnectionPool) -> _Held:
+    held = _held.get(pool)
+    if held is None or held.pid != os.getpid():
+        with _held_lock:
+            held = _held.get(pool)
+            if held is None or held.pid != os.getpid():
+                held = _held[pool] = _Held(pool)
+    return held
+
+
+class _FullPath(Exception):
+    """The lean path gave up before anything could have been applied twice."""
+
+
+def _run(conn: redis.connection.AbstractConnection, packed: bytes) -> Any:
+    """Send ``packed`` over ``conn`` and read its reply.
+
+    On any error but a missing script, the connection is dropped (it
+    reconnects at its next use): a reply half read, or a connection to a
+    server that stopped being the primary, is never used again.
+    """
+    try:
+        conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+        return conn.read_response()
+    except redis.exceptions.NoScriptError:
+        raise _FullPath from None
+    except BaseException as exc:
+        conn.disconnect()  # type: ignore[no-untyped-call]
+        if isinstance(exc, _FULL_PATH_ERRORS):
+            raise _FullPath from None
+        raise
+    finally:
+        if conn.should_reconnect():  # type: ignore[no-untyped-call]  # maintenance announced
+            conn.disconnect()  # type: ignore[no-untyped-call]
+
+
+class LeanScript:
+    """A registered script, called as ``script(keys=..., args=...)`` like redis-py's."""
+
+    def __init__(self, client: SyncClient, script: Script) -> None:
+        self.script = script
+        self.sha = script.sha
+        self._pool = lean_pool(client)
+        self._holds = self._pool is not None and self._pool.max_connections >= HOLD_FROM
+        encoder = client.get_encoder()
+        self._encode: Callable[[Any], bytes] = encoder.encode
+        self._utf8 = (encoder.encoding, encoder.encoding_errors) in _UTF8
+        self._sha = b"$7\r\nEVALSHA\r\n$40\r\n" + script.sha.encode() + b"\r\n"
+
+    def __call__(self, *, keys: Sequence[str | bytes], args: Sequence[ScriptArg]) -> Any:
+        pool = self._pool
+        if pool is None:
+            return self.script(keys=keys, args=args)
+        packed = self._pack(keys, args)
+        try:
+            if self._holds:
+                held = _held_of(pool)
+                if held.lock.acquire(blocking=False):
+                    try:
+                        return _run(held.take(), packed)
+                    finally:
+                        held.lock.release()
+            conn = pool.get_connection()
+            try:
+                return _run(conn, packed)
+            finally:
+                pool.release(conn)
+        except _FullPath:
+            return self.script(keys=keys, args=args)
+
+    def _pack(self, keys: Sequence[str | bytes], args: Sequence[ScriptArg]) -> bytes:
+        """The command in RESP, as redis-py's packer writes it."""
+        items = (*keys, *args)
+        count = b"%d" % len(keys)
+        parts = [b"*%d\r\n" % (len(items) + 3), self._sha, b"$%d\r\n%s\r\n" % (len(count), count)]
+        utf8, encode = self._utf8, self._encode
+        for value in items:
+            if isinstance(value, bytes):
+                data = value
+            elif isinstance(value, str) and utf8:
+                data = value.encode()
+            elif type(value) is int:
+                data = b"%d" % value
+            else:
+                data = encode(value)
+            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        return b"".join(parts)
