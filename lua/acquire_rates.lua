@@ -8,7 +8,9 @@
 -- KEYS     per scope, its rates key (lib/args.lua)
 -- ARGV[1]  max_wait_us: the longest the caller will wait, microseconds; -1 = no limit
 -- ARGV[2..] the scope block (lib/args.lua), amounts = costs (0 <= cost <= cap)
--- Reply    {1, now_us, notes, wait_us}: admitted; the caller sleeps
+-- Reply    now_us alone: admitted at once, nothing to report (the common
+--          case: one integer is the least to build, send and parse).
+--          {1, now_us, notes, wait_us}: admitted; the caller sleeps
 --          wait_us, then goes ahead without asking again (lib/book.lua).
 --          {0, now_us, notes, retry_after_us}: admission would come later
 --          than max_wait_us (-1 when never); nothing was taken.
@@ -26,4 +28,5 @@ if not wait then return { 0, now, notes({}, events), retry_after } end
 for _, scope in ipairs(scopes) do
   if charge(scope, now + wait, now) then write_rates(scope, now) end
 end
+if wait == 0 and #events == 0 then return now end
 return { 1, now, notes({}, events), wait }

@@ -23,6 +23,7 @@ from ratelimit import (
 )
 from ratelimit.core.base import clock_us
 from ratelimit.core.calls import ScriptCall
+from ratelimit.core.replies import rates_acquired
 
 
 def micro(limiter: Limiter, dimension: str) -> int:
@@ -188,7 +189,8 @@ def replayed(limiter: Limiter, **costs: Any) -> tuple[list[Any], list[Any]]:
     call = next(limiter._plan.acquire(costs, None, model=None, tags=None, clock_us=clock_us()))
     assert isinstance(call, ScriptCall)
     script = limiter._scripts[call.script]
-    return script(keys=call.keys, args=call.args), script(keys=call.keys, args=call.args)
+    first, again = (script(keys=call.keys, args=call.args) for _ in range(2))
+    return list(rates_acquired(first)), list(rates_acquired(again))
 
 
 def test_a_retried_rate_only_acquire_books_again_and_never_over_admits(r: redis.Redis) -> None:

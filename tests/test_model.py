@@ -54,6 +54,7 @@ from ratelimit import Limiter, Rate
 from ratelimit.core.base import clock_us
 from ratelimit.core.calls import Flow, ScriptCall
 from ratelimit.core.part import PermitRef, new_nonce
+from ratelimit.core.replies import rates_acquired
 
 R = TypeVar("R")
 
@@ -274,10 +275,11 @@ def run(limiter: Limiter, flow: Flow[R]) -> tuple[R, ScriptCall, list[Any]]:
         call = next(flow)
         while True:
             assert isinstance(call, ScriptCall)
-            reply = limiter._scripts[call.script](keys=call.keys, args=call.args)
+            raw = limiter._scripts[call.script](keys=call.keys, args=call.args)
+            reply = list(rates_acquired(raw)) if call.script == "acquire_rates" else raw
             assert isinstance(reply, list)
             exchanges.append((call, reply))
-            call = flow.send(reply)
+            call = flow.send(raw)
     except StopIteration as stop:
         result: R = stop.value
     assert len(exchanges) == 1  # one scope without a budget: one call
@@ -475,7 +477,7 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         """
         booked = self.pick(data, current_rates_only=True)
         call = booked.call
-        reply = self.limiter._scripts[call.script](keys=call.keys, args=call.args)
+        reply = rates_acquired(self.limiter._scripts[call.script](keys=call.keys, args=call.args))
         admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
         # The id the client would have made of that reply.
         plan = self.limiter._plan

@@ -36,7 +36,13 @@ from ratelimit.core.numbers import (
     usd,
 )
 from ratelimit.core.part import Part, PermitRef, new_nonce
-from ratelimit.core.replies import budget_refusal, read_notes, read_state, timeout_error
+from ratelimit.core.replies import (
+    budget_refusal,
+    rates_acquired,
+    read_notes,
+    read_state,
+    timeout_error,
+)
 from ratelimit.core.results import (
     Alert,
     Booking,
@@ -130,6 +136,8 @@ class Plan(Dimensions):
             marks = [1 if reclaimed else 0] if script == "acquire" else []
             args = [*head, *marks, *part.block(amounts, instant, self._floors), *tail]
             reply = yield ScriptCall(script, keys, args)
+            if script == "acquire_rates":
+                reply = rates_acquired(reply)
             # Every reply starts {status, now_us, notes, ...}.
             alerts += read_notes(part, reply[2])
             if not budgeted:
@@ -278,18 +286,21 @@ class Plan(Dimensions):
 
     def quick_result(
         self,
-        reply: Sequence[Any],
+        reply: int | Sequence[Any],
         amounts: dict[str, int],
         timeout_s: object,
         make: PermitFactory = PermitData,
     ) -> PermitData | AcquireTimeout:
         """The permit, or the timeout, of a :meth:`quick_call` reply."""
-        part = self.parts[0]
-        if reply[2]:
-            read_notes(part, reply[2])
-        if int(reply[0]) != 1:
-            return timeout_error([part.scopes[0].name], int(reply[3]), timeout_s)
-        wait, admit = int(reply[3]), int(reply[1]) + int(reply[3])
+        if isinstance(reply, int):  # admitted at once, nothing to report
+            wait, admit = 0, reply
+        else:
+            part = self.parts[0]
+            if reply[2]:
+                read_notes(part, reply[2])
+            if int(reply[0]) != 1:
+                return timeout_error([part.scopes[0].name], int(reply[3]), timeout_s)
+            wait, admit = int(reply[3]), int(reply[1]) + int(reply[3])
         order = self.rate_order
 
         def ident() -> str:  # made on first use: most callers never settle

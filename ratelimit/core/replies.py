@@ -1,6 +1,7 @@
 """Reading what the scripts reply: alerts, events, refusals, the state and the spend seen.
 
-Every reply starts ``{status, now_us, notes, ...}`` (lua/lib/args.lua);
+Every reply starts ``{status, now_us, notes, ...}`` (lua/lib/args.lua), but
+for the common case of ``acquire_rates`` (see :func:`rates_acquired`);
 notes, when there are any, hold alerts and events. Alerts become
 :class:`Alert` objects for the caller; events are what this process must
 tell its operator: rates that disagree between processes, a budget whose
@@ -25,6 +26,13 @@ log = logging.getLogger("ratelimit")
 
 #: Warnings already logged by this process: each is said once.
 _said: set[tuple[object, ...]] = set()
+
+
+def rates_acquired(reply: Any) -> Sequence[Any]:
+    """An ``acquire_rates`` reply as every script's: its common case, admitted
+    at once with nothing to report, comes as ``now_us`` alone (less for Redis
+    to build and send, and for the client to parse, on the hottest call)."""
+    return [1, reply, None, 0] if isinstance(reply, int) else reply
 
 
 def _once(key: tuple[object, ...]) -> bool:
