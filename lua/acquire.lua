@@ -15,7 +15,9 @@
 -- ARGV[5..] the scope block (lib/args.lua), amounts = costs (0 <= cost <= cap),
 --          then model (ledger label, may be empty), tokens and tags (the
 --          client's msgpack blobs for the ledger, kept for a reclaim)
--- Reply    {1, now_us, notes, wait_us, seen}: admitted; the caller sleeps
+-- Reply    "<now_us> <wait_us> <seen...>": admitted with nothing to report
+--          (lib/budget.lua compact_reply), the common case; else
+--          {1, now_us, notes, wait_us, seen}: admitted; the caller sleeps
 --          wait_us, then goes ahead without asking again (lib/book.lua);
 --          each budget reserved the cost.
 --          {0, now_us, notes, retry_after_us, seen}: admission would come
@@ -78,4 +80,6 @@ for _, scope in ipairs(scopes) do
 end
 redis.call('HSET', PERMITS, id, encode_record(admit, parts, model, tokens, tags))
 redis.call('ZADD', LEASES, admit + lease, id)
-return { 1, now, notes(out.alerts, out.events), wait, seen_spend(scopes) }
+local noted = notes(out.alerts, out.events)
+if not noted then return compact_reply(string.format('%d %d', now, wait), scopes) end
+return { 1, now, noted, wait, seen_spend(scopes) }

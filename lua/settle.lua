@@ -12,7 +12,9 @@
 --          provider says is left ("<j>:<dim>:<micro-units> ...", "" = no
 --          figures): after the settle, those buckets are brought down to it,
 --          as observe.lua does, in the same call
--- Reply    {status, now_us, notes, overshoots, seen}
+-- Reply    "<now_us> <seen...>": settled with nothing to report and no
+--          overshoot (lib/budget.lua compact_reply), the common case; else
+--          {status, now_us, notes, overshoots, seen}
 --          status 1 = settled: each rate bucket got back reserved - actual
 --          (capped at its capacity) or, when actual is larger, was debited
 --          the difference (it may go into debt, so later callers wait); each
@@ -52,4 +54,8 @@ for j in pairs(lower_to(scopes, figures, now)) do scopes[j].changed = true end
 for _, scope in ipairs(scopes) do
   if scope.changed then write_rates(scope, now) end
 end
-return { 1, now, notes(out.alerts, out.events), out.overshoots, seen_spend(scopes) }
+local noted = notes(out.alerts, out.events)
+if not noted and #out.overshoots == 0 then
+  return compact_reply(string.format('%d', now), scopes)
+end
+return { 1, now, noted, out.overshoots, seen_spend(scopes) }

@@ -40,6 +40,9 @@ __all__ = ["HOLD_FROM", "LeanScript", "lean_pool"]
 #: purpose: its connections are checked out per call, as redis-py does.
 HOLD_FROM = 64
 
+#: Arguments whose framing a script keeps (see LeanScript._pack).
+FRAMES_KEPT = 512
+
 #: What makes the lean path hand the call to redis-py's: it reconnects and
 #: retries (connection errors, timeouts) or loads the script (NOSCRIPT).
 _FULL_PATH_ERRORS = (
@@ -141,6 +144,7 @@ class LeanScript:
         encoder = client.get_encoder()
         self._encode: Callable[[Any], bytes] = encoder.encode
         self._utf8 = (encoder.encoding, encoder.encoding_errors) in _UTF8
+        self._framed: dict[ScriptArg, bytes] = {}
         self._sha = b"$7\r\nEVALSHA\r\n$40\r\n" + script.sha.encode() + b"\r\n"
 
     def __call__(self, *, keys: Sequence[str | bytes], args: Sequence[ScriptArg]) -> Any:
@@ -165,19 +169,38 @@ class LeanScript:
             return self.script(keys=keys, args=args)
 
     def _pack(self, keys: Sequence[str | bytes], args: Sequence[ScriptArg]) -> bytes:
-        """The command in RESP, as redis-py's packer writes it."""
+        """The command in RESP, as redis-py's packer writes it.
+
+        Most arguments repeat from call to call (a scope's name, settings,
+        keys, its budget's period), so each one's framing is kept, in a small
+        table emptied when it fills up.
+        """
         items = (*keys, *args)
-        count = b"%d" % len(keys)
-        parts = [b"*%d\r\n" % (len(items) + 3), self._sha, b"$%d\r\n%s\r\n" % (len(count), count)]
-        utf8, encode = self._utf8, self._encode
+        framed = self._framed
+        parts = [b"*%d\r\n" % (len(items) + 3), self._sha, _framed_count(len(keys))]
         for value in items:
-            if isinstance(value, bytes):
-                data = value
-            elif isinstance(value, str) and utf8:
-                data = value.encode()
-            elif type(value) is int:
-                data = b"%d" % value
-            else:
-                data = encode(value)
-            parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+            frame = framed.get(value)
+            if frame is None:
+                frame = self._frame(value)
+                if len(framed) >= FRAMES_KEPT:
+                    framed.clear()
+                framed[value] = frame
+            parts.append(frame)
         return b"".join(parts)
+
+    def _frame(self, value: ScriptArg) -> bytes:
+        if isinstance(value, bytes):
+            data = value
+        elif isinstance(value, str) and self._utf8:
+            data = value.encode()
+        elif type(value) is int:
+            data = b"%d" % value
+        else:
+            data = self._encode(value)
+        return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _framed_count(count: int) -> bytes:
+    """The number of keys, as EVALSHA's third argument."""
+    data = b"%d" % count
+    return b"$%d\r\n%s\r\n" % (len(data), data)

@@ -23,7 +23,7 @@ from ratelimit import (
 )
 from ratelimit.core.base import clock_us
 from ratelimit.core.calls import ScriptCall
-from ratelimit.core.replies import rates_acquired
+from ratelimit.core.replies import full_reply
 
 
 def micro(limiter: Limiter, dimension: str) -> int:
@@ -190,7 +190,7 @@ def replayed(limiter: Limiter, **costs: Any) -> tuple[list[Any], list[Any]]:
     assert isinstance(call, ScriptCall)
     script = limiter._scripts[call.script]
     first, again = (script(keys=call.keys, args=call.args) for _ in range(2))
-    return list(rates_acquired(first)), list(rates_acquired(again))
+    return list(full_reply(call.script, first)), list(full_reply(call.script, again))
 
 
 def test_a_retried_rate_only_acquire_books_again_and_never_over_admits(r: redis.Redis) -> None:

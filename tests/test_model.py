@@ -54,7 +54,7 @@ from ratelimit import Limiter, Rate
 from ratelimit.core.base import clock_us
 from ratelimit.core.calls import Flow, ScriptCall
 from ratelimit.core.part import PermitRef, new_nonce
-from ratelimit.core.replies import rates_acquired
+from ratelimit.core.replies import full_reply
 
 R = TypeVar("R")
 
@@ -276,7 +276,7 @@ def run(limiter: Limiter, flow: Flow[R]) -> tuple[R, ScriptCall, list[Any]]:
         while True:
             assert isinstance(call, ScriptCall)
             raw = limiter._scripts[call.script](keys=call.keys, args=call.args)
-            reply = list(rates_acquired(raw)) if call.script == "acquire_rates" else raw
+            reply = list(full_reply(call.script, raw))
             assert isinstance(reply, list)
             exchanges.append((call, reply))
             call = flow.send(raw)
@@ -477,7 +477,9 @@ class ScriptsMatchModel(RuleBasedStateMachine):
         """
         booked = self.pick(data, current_rates_only=True)
         call = booked.call
-        reply = rates_acquired(self.limiter._scripts[call.script](keys=call.keys, args=call.args))
+        reply = full_reply(
+            call.script, self.limiter._scripts[call.script](keys=call.keys, args=call.args)
+        )
         admitted, now, wait = int(reply[0]), int(reply[1]), int(reply[3])
         # The id the client would have made of that reply.
         plan = self.limiter._plan

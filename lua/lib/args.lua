@@ -23,8 +23,9 @@
 --   (nano-dollars; lib/budget.lua), and count_days: 1 when the spend
 --   counters' days fall inside the budget's periods (same time zone).
 --
--- Every reply starts {status, now_us, notes, ...} (but acquire_rates.lua's
--- common case, now_us alone). status -2 means the
+-- Every reply starts {status, now_us, notes, ...}, but for the common case
+-- of acquire_rates.lua (now_us alone), acquire.lua and settle.lua (one
+-- string, lib/budget.lua compact_reply). status -2 means the
 -- budget period or day sent does not hold now_us (the client's clock is
 -- off, or a period just ended): nothing changed; resend them for now_us. notes is false when there
 -- is nothing to report (most calls), else {alerts, events}: alerts

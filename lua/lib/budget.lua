@@ -85,3 +85,16 @@ local function seen_spend(scopes)
   end
   return seen
 end
+
+-- The reply of acquire.lua or settle.lua in their common case (admitted, or
+-- settled, with nothing to report): one string, "<head> <j> <label> <spent>
+-- ..." with seen_spend's figures; a single string is much less to build, send
+-- and parse than nested tables.
+local function compact_reply(head, scopes)
+  local parts = { head }
+  for _, scope in ipairs(scopes) do
+    local st = scope.budget and scope.budget.st
+    if st then parts[#parts + 1] = string.format('%d %s %d', scope.j, st.label, st.spent) end
+  end
+  return table.concat(parts, ' ')
+end

@@ -38,7 +38,7 @@ from ratelimit.core.numbers import (
 from ratelimit.core.part import Part, PermitRef, new_nonce
 from ratelimit.core.replies import (
     budget_refusal,
-    rates_acquired,
+    full_reply,
     read_notes,
     read_state,
     timeout_error,
@@ -136,8 +136,7 @@ class Plan(Dimensions):
             marks = [1 if reclaimed else 0] if script == "acquire" else []
             args = [*head, *marks, *part.block(amounts, instant, self._floors), *tail]
             reply = yield ScriptCall(script, keys, args)
-            if script == "acquire_rates":
-                reply = rates_acquired(reply)
+            reply = full_reply(script, reply)
             # Every reply starts {status, now_us, notes, ...}.
             alerts += read_notes(part, reply[2])
             if not budgeted:

@@ -1,7 +1,7 @@
 """Reading what the scripts reply: alerts, events, refusals, the state and the spend seen.
 
-Every reply starts ``{status, now_us, notes, ...}`` (lua/lib/args.lua), but
-for the common case of ``acquire_rates`` (see :func:`rates_acquired`);
+Every reply starts ``{status, now_us, notes, ...}`` (lua/lib/args.lua), once
+:func:`full_reply` has expanded the compact answers of the common case;
 notes, when there are any, hold alerts and events. Alerts become
 :class:`Alert` objects for the caller; events are what this process must
 tell its operator: rates that disagree between processes, a budget whose
@@ -28,11 +28,28 @@ log = logging.getLogger("ratelimit")
 _said: set[tuple[object, ...]] = set()
 
 
-def rates_acquired(reply: Any) -> Sequence[Any]:
-    """An ``acquire_rates`` reply as every script's: its common case, admitted
-    at once with nothing to report, comes as ``now_us`` alone (less for Redis
-    to build and send, and for the client to parse, on the hottest call)."""
-    return [1, reply, None, 0] if isinstance(reply, int) else reply
+def full_reply(script: str, reply: Any) -> list[Any]:
+    """A script's reply in the form every script shares, ``{status, now_us, notes, ...}``.
+
+    Three scripts answer their common case (admitted, or settled, with
+    nothing to report) in less for Redis to build and send and for the
+    client to parse: ``acquire_rates`` with ``now_us`` alone, ``acquire``
+    with one string ``"<now_us> <wait_us> <j> <label> <spent> ..."`` and
+    ``settle`` with ``"<now_us> <j> <label> <spent> ..."`` (the spend seen
+    per budget, lua/lib/budget.lua).
+    """
+    if isinstance(reply, list):
+        return reply
+    if script == "acquire_rates":
+        return [1, reply, None, 0]
+    fields = text(reply).split()
+    if script == "acquire":
+        return [1, int(fields[0]), None, int(fields[1]), _triples(fields[2:])]
+    return [1, int(fields[0]), None, [], _triples(fields[1:])]
+
+
+def _triples(fields: list[str]) -> list[list[str]]:
+    return [fields[i : i + 3] for i in range(0, len(fields), 3)]
 
 
 def _once(key: tuple[object, ...]) -> bool:
