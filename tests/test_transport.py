@@ -36,9 +36,12 @@ def counted(client: redis.Redis) -> int:
     return int(client.get("calls") or 0)
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.parametrize("decode", [False, True])
-def test_replies_are_those_of_redis_pys_own_path(redis_url: str, decode: bool) -> None:
-    client = redis.Redis.from_url(redis_url, decode_responses=decode)
+def test_replies_are_those_of_redis_pys_own_path(
+    redis_url: str, decode: bool, protocol: int
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=decode, protocol=protocol)
     script = lean(client, COUNTER)
     assert lean_pool(client) is client.connection_pool
     args: list[Any] = [21, "naïve ünïcode", b"raw\x01bytes", 2**53, -7, ""]
