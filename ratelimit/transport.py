@@ -108,7 +108,10 @@ def _held_of(pool: redis.ConnectionPool) -> _Held:
 
 
 class _FullPath(Exception):
-    """The lean path gave up before anything could have been applied twice."""
+    """The lean path hands the call to redis-py's, which does what it always
+    did: loads a missing script, or reconnects and sends the call again (after
+    a timeout the first may have run: a rate-only booking is then spent
+    twice, under-admitting; a budgeted call's permit id makes it count once)."""
 
 
 def _run(conn: redis.connection.AbstractConnection, packed: bytes) -> Any:
