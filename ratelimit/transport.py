@@ -29,7 +29,7 @@ import redis.connection
 import redis.exceptions
 from redis.commands.core import Script
 
-from ratelimit.backend import SyncClient
+from ratelimit.backend import SyncClient, is_failover
 from ratelimit.core.calls import ScriptArg
 
 __all__ = ["HOLD_FROM", "LeanScript", "lean_pool"]
@@ -117,15 +117,21 @@ class _FullPath(Exception):
 def _run(conn: redis.connection.AbstractConnection, packed: bytes) -> Any:
     """Send ``packed`` over ``conn`` and read its reply.
 
-    On any error but a missing script, the connection is dropped (it
-    reconnects at its next use): a reply half read, or a connection to a
-    server that stopped being the primary, is never used again.
+    The connection is dropped (it reconnects at its next use) on anything
+    but the server's own error reply, so a reply half read is never handed
+    to the next call; and on a failover's refusal, so that a connection to a
+    server that stopped being the primary is not used again. Another error
+    reply (out of memory, a script error) leaves it as it is, as redis-py does.
     """
     try:
         conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
         return conn.read_response()
     except redis.exceptions.NoScriptError:
         raise _FullPath from None
+    except redis.exceptions.ResponseError as exc:
+        if is_failover(exc):
+            conn.disconnect()  # type: ignore[no-untyped-call]
+        raise
     except BaseException as exc:
         conn.disconnect()  # type: ignore[no-untyped-call]
         if isinstance(exc, _FULL_PATH_ERRORS):
