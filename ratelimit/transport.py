@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,13 +42,9 @@ HOLD_FROM = 64
 #: Arguments whose framing a script keeps (see LeanScript._pack).
 FRAMES_KEPT = 512
 
-#: What makes the lean path hand the call to redis-py's: it reconnects and
-#: retries (connection errors, timeouts) or loads the script (NOSCRIPT).
-_FULL_PATH_ERRORS = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.NoScriptError,
-)
+#: The errors on the wire that make the lean path hand the call to redis-py's,
+#: which reconnects and retries (a NOSCRIPT reply does too: redis-py loads it).
+_FULL_PATH_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 #: Encoder settings under which ``str.encode()`` writes what redis-py's encoder does.
@@ -78,32 +73,36 @@ class _Held:
     Taken from the pool at the first call and never given back (the pool
     counts it in use, so its own users never get it); a caller takes its lock
     without waiting, and a caller that finds it busy checks a connection out
-    of the pool instead. A forked child takes its own.
+    of the pool instead. A forked child takes its own. It is kept on the pool
+    itself (:data:`_HELD`): the connection refers back to its pool, so any
+    table of ours would keep both alive for good; on the pool, they go when
+    it goes.
     """
 
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self.pool = pool
+    def __init__(self) -> None:
         self.pid = os.getpid()
         self.lock = threading.Lock()
         self.connection: redis.connection.AbstractConnection | None = None
 
-    def take(self) -> redis.connection.AbstractConnection:
+    def take(self, pool: redis.ConnectionPool) -> redis.connection.AbstractConnection:
         if self.connection is None:
-            self.connection = self.pool.get_connection()
+            self.connection = pool.get_connection()
         return self.connection
 
 
-_held: weakref.WeakKeyDictionary[redis.ConnectionPool, _Held] = weakref.WeakKeyDictionary()
+#: The pool attribute that holds its :class:`_Held`.
+_HELD = "_ratelimit_held"
 _held_lock = threading.Lock()
 
 
 def _held_of(pool: redis.ConnectionPool) -> _Held:
-    held = _held.get(pool)
+    held: _Held | None = getattr(pool, _HELD, None)
     if held is None or held.pid != os.getpid():
         with _held_lock:
-            held = _held.get(pool)
+            held = getattr(pool, _HELD, None)
             if held is None or held.pid != os.getpid():
-                held = _held[pool] = _Held(pool)
+                held = _Held()
+                setattr(pool, _HELD, held)
     return held
 
 
@@ -166,7 +165,7 @@ class LeanScript:
                 held = _held_of(pool)
                 if held.lock.acquire(blocking=False):
                     try:
-                        return _run(held.take(), packed)
+                        return _run(held.take(pool), packed)
                     finally:
                         held.lock.release()
             conn = pool.get_connection()

@@ -5,8 +5,10 @@ purpose)."""
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import threading
+import time
 from typing import Any
 
 import fakeredis
@@ -180,6 +182,23 @@ def test_a_url_built_limiter_keeps_one_connection_beside_its_pools_own(redis_url
     for connection in held:
         pool.release(connection)
     limiter.client.close()
+
+
+def test_limiters_built_and_dropped_leave_no_connection_behind(
+    r: redis.Redis, redis_url: str
+) -> None:
+    """A limiter built per request from a URL: its pool, and the connection the
+    pool lent its scripts, go when it goes."""
+    before = len(r.client_list())
+    for i in range(20):
+        limiter = Limiter(redis_url, f"dropped-{i}", requests=Rate(100))
+        assert limiter.try_acquire() is not None
+        del limiter
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while len(r.client_list()) > before and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server sees the sockets close
+    assert len(r.client_list()) <= before
 
 
 def _url(client: redis.Redis) -> str:
