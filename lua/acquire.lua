@@ -35,7 +35,7 @@ local id, max_wait, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local reclaimed = ARGV[4] == '1'
 local scopes, at = read_scopes(5, 3)
 local model, tokens, tags = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-local now = now_us()
+local now, now_text = now_us_text()
 local out = { alerts = {}, overshoots = {}, events = {} }
 
 local booked = redis.call('HGET', PERMITS, id)
@@ -43,7 +43,8 @@ if booked then
   return { 1, now, false, math.max(0, decode_record(booked).admit - now), {} }
 end
 if not periods_hold(scopes, now) then return { -2, now, false } end
-if not reclaimed and redis.call('ZRANGEBYSCORE', LEASES, '-inf', now, 'LIMIT', 0, 1)[1] then
+if not reclaimed and redis.call('ZRANGEBYSCORE', LEASES, '-inf', now_text, 'LIMIT', '0', '1')[1]
+then
   return { -3, now, false }
 end
 
@@ -56,7 +57,7 @@ for _, scope in ipairs(scopes) do
     if b.amount > 0 and st.spent + st.reserved + b.amount > b.limit then
       return { -1, now, notes(out.alerts, out.events), scope.j, string.format('%d', st.spent),
         string.format('%d', st.reserved), string.format('%d', b.limit),
-        string.format('%d', st.stop) }
+        b.stop_s }
     end
   end
 end
@@ -69,17 +70,20 @@ local parts = {}
 for _, scope in ipairs(scopes) do
   if charge(scope, admit, now) then write_rates(scope, now) end
   for _, d in ipairs(scope.rates) do
-    parts[#parts + 1] = scope.j .. ':' .. d.name .. ':' .. string.format('%d', d.amount)
+    parts[#parts + 1] = scope.jt .. ':' .. d.name .. ':' .. d.text
   end
   local b = scope.budget
   if b then
     b.st.reserved = b.st.reserved + b.amount
-    parts[#parts + 1] = scope.j .. ':$' .. b.name .. ':' .. string.format('%d', b.amount)
+    parts[#parts + 1] = scope.jt .. ':$' .. b.name .. ':' .. b.text
     save_budget(scope)
   end
 end
-redis.call('HSET', PERMITS, id, encode_record(admit, parts, model, tokens, tags))
+redis.call('HSET', PERMITS, id, encode_record(admit == now and now_text or string.format('%d', admit),
+  parts, model, tokens, tags))
 redis.call('ZADD', LEASES, admit + lease, id)
 local noted = notes(out.alerts, out.events)
-if not noted then return compact_reply(string.format('%d %d', now, wait), scopes) end
+if not noted then
+  return compact_reply(now_text .. ' ' .. (wait == 0 and '0' or string.format('%d', wait)), scopes)
+end
 return { 1, now, noted, wait, seen_spend(scopes) }

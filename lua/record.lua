@@ -22,7 +22,7 @@ local recorded = 0
 for _, scope in ipairs(scopes) do
   local b = scope.budget
   if b then
-    local day = b.day[3]
+    local day = b.day
     redis.call('HINCRBY', scope.spend, day .. '|' .. model .. '|saved', string.format('%d', b.amount))
     ledger_append(scope, now,
       ledger_record(scope, now, id, 'cache_hit', day, model, 0, b.amount, tokens, tags))

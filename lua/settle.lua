@@ -42,7 +42,13 @@ if model == '' then model = rec.model end
 if tokens == '' then tokens = rec.tokens end
 if tags == '' then tags = rec.tags end
 
-for _, scope in ipairs(scopes) do read_rates(scope, now, out.events) end
+for _, scope in ipairs(scopes) do
+  -- A scope whose rates keep what they reserved, with no provider figures,
+  -- leaves its buckets alone: they are not even read.
+  local moves = figures ~= ''
+  for _, d in ipairs(scope.rates) do moves = moves or d.amount >= 0 end
+  if moves then read_rates(scope, now, out.events) end
+end
 local function actual(d, reserved)
   if d.amount < 0 then return reserved end
   return d.amount

@@ -37,7 +37,7 @@ for _, scope in ipairs(scopes) do
   if scope.budget then
     local st = load_budget(scope, now, out.events)
     budgets[#budgets + 1] = { string.format('%d', st.spent), string.format('%d', st.reserved),
-      string.format('%d', st.stop) }
+      scope.budget.stop_s }
   end
 end
 return { 1, now, notes(out.alerts, out.events), rates, budgets }

@@ -29,7 +29,7 @@ from ratelimit.checks import Verdict
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
 from ratelimit.core.calls import Flow, ScriptCall
 from ratelimit.core.entries import UsagePricer
-from ratelimit.core.plan import log
+from ratelimit.core.plan import UNSENT, log
 from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
 from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
 from ratelimit.core.settings import Retention
@@ -193,10 +193,33 @@ class _Shell(LimiterBase):
                     booking = Booking(result, None, ())
                 metrics.booked(plan.scopes, booking)
                 return booking
+        nonce, first = None, UNSENT
+        if plan.quick_budgeted:
+            nonce, amounts, call = plan.quick_budget_call(
+                costs, timeout_s, model=model, tags=tags, clock_us=clock_us()
+            )  # bad input raises here
+            self._checked()
+            try:
+                first = self._scripts["acquire"](keys=call.keys, args=call.args)
+            except redis.exceptions.RedisError:
+                pass  # the flow below sends it again, and applies on_redis_error
+            else:
+                permit = plan.quick_booking(call, first, amounts, self._permit)
+                if permit is not None:
+                    booking = Booking(permit, None, ())
+                    metrics.booked(plan.scopes, booking)
+                    return booking
         self._checked()
         booking = self._drive(
             plan.acquire(
-                costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit
+                costs,
+                timeout_s,
+                model=model,
+                tags=tags,
+                clock_us=clock_us(),
+                make=self._permit,
+                nonce=nonce,
+                first=first,
             )
         )
         metrics.booked(plan.scopes, booking)
@@ -261,8 +284,25 @@ class _Shell(LimiterBase):
         say is left) brings those buckets down to it in the same script call,
         after the settle: :meth:`observe` without another round trip.
         """
+        plan, first = self._plan, UNSENT
+        if (
+            plan.quick_budgeted
+            and model is None
+            and tags is None
+            and usage is None
+            and not remaining
+        ):
+            call = plan.quick_settle_call(permit_id, actual, clock_us=clock_us())
+            try:
+                first = self._scripts["settle"](keys=call.keys, args=call.args)
+            except redis.exceptions.RedisError:
+                pass  # the flow below sends it again (a permit settles once)
+            else:
+                settled = plan.quick_settlement(first)
+                if settled is not None:
+                    return settled
         settlement = self._drive(
-            self._plan.settle(
+            plan.settle(
                 permit_id,
                 actual,
                 model=model,
@@ -271,6 +311,7 @@ class _Shell(LimiterBase):
                 pricer=self._pricing,
                 clock_us=clock_us(),
                 remaining=remaining,
+                first=first,
             )
         )
         self._deliver(settlement.alerts)

@@ -25,6 +25,8 @@ import pytest
 import redis
 import redis.asyncio
 from anthropic.types import CacheCreation, Usage
+from hypothesis import given
+from hypothesis import strategies as st
 
 import ratelimit.asyncio
 from ratelimit import (
@@ -272,6 +274,34 @@ def test_amounts_with_many_digits_are_still_rounded_up() -> None:
     # 1 dollar and 10^-28 dollars: the true nano-dollar count is 10^9 + 10^-19,
     # whose ceiling is 10^9 + 1.
     assert to_nano("1.0000000000000000000000000001", "usd") == 1_000_000_001
+
+
+@given(
+    st.one_of(
+        st.decimals(min_value=0, max_value=10**12, allow_nan=False, places=20).map(str),
+        st.floats(min_value=0, max_value=1e12, allow_nan=False),
+        st.integers(min_value=0, max_value=10**12),
+        st.text(alphabet=" 0123456789.", max_size=24),
+    )
+)
+def test_amounts_read_in_integers_round_up_as_exact_decimals(value: object) -> None:
+    """Plain numbers (a price's "0.003", most floats) skip Decimal: the result
+    and the refusals are the same as the exact Decimal ceiling's."""
+
+    def exact_ceiling() -> int | type[Exception]:
+        try:
+            number = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+        except ArithmeticError:
+            return InvalidArgument
+        if not number.is_finite() or number < 0:
+            return InvalidArgument
+        return math.ceil(number * 10**9)
+
+    try:
+        got: int | type[Exception] = to_nano(value, "usd")
+    except InvalidArgument:
+        got = InvalidArgument
+    assert got == exact_ceiling()
 
 
 def test_an_absurd_settle_cannot_split_the_ledger_from_the_counters(r: redis.Redis) -> None:
@@ -678,6 +708,45 @@ def test_each_ledger_entry_is_one_msgpack_record(r: redis.Redis) -> None:
     assert record["kind"] == "settled"
     assert record["tags"] == {"job": 7}
     assert record["t"] > 1_700_000_000_000_000  # Redis time, microseconds
+
+
+@pytest.mark.parametrize(
+    "nano", [0, 1, 127, 128, 255, 65_535, 2**32 - 1, 2**32, 2**32 + 1, 2**52 - 1]
+)
+def test_ledger_costs_keep_every_integer_width(r: redis.Redis, nano: int) -> None:
+    """The scripts write msgpack integers themselves: each width reads back exact."""
+    limiter = Limiter(r, f"wide-{nano}", usd=Budget(Decimal(2**52) / 10**9))
+    cost = Decimal(nano) / 10**9
+    limiter.acquire(usd=cost).settle(usd=cost)
+    rows: Any = r.xrange(limiter._scope.keys.ledger)
+    ((_, fields),) = rows
+    record = msgpack.unpackb(fields[b"rec"], raw=False)
+    assert record["cost_nano"] == nano
+    assert record["saved_nano"] == 0
+    assert abs(record["t"] - server_now_us(r)) < 60_000_000
+    assert budget_of(limiter) == (cost, Decimal(0))
+
+
+def test_a_budgeted_acquire_and_settle_are_one_script_call_each(
+    r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever the reply carries (an alert, a restored spend), it is read from
+    the one call that made it, never asked again."""
+    seen: list[Alert] = []
+    limiter = team(r, "one-call", on_alert=seen.append)
+    limiter.acquire(usd="1").settle(usd="1")  # the deployment check runs once, first
+    r.config_resetstat()
+    limiter.acquire(usd="1").settle(usd="2")  # $3 spent: the 50 % alert fires
+    assert evalsha_calls(r) == 2
+    assert [a.threshold for a in seen] == [0.5]
+    r.delete(limiter._scope.keys.budget)  # Redis loses the spend: the floor restores it
+    r.config_resetstat()
+    with caplog.at_level("ERROR", logger="ratelimit"):
+        permit = limiter.acquire(usd="1")
+    assert evalsha_calls(r) == 1
+    assert any("restored" in m or "lost" in m for m in caplog.messages)
+    assert permit.settle(usd="0.5").applied
+    assert budget_of(limiter) == (Decimal("3.5"), Decimal(0))
 
 
 def test_an_admission_that_states_no_cost_for_the_budget_is_refused(r: redis.Redis) -> None:

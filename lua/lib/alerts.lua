@@ -9,10 +9,16 @@
 -- reaches the stream and the caller.
 local function check_alerts(scope, now, out)
   local b, st = scope.budget, scope.budget.st
+  -- Thresholds come in ascending order: the first the spend is under ends it
+  -- (most calls: the lowest).
+  local lowest = string.match(b.alerts, '^%d+:(%d+)')
+  if not lowest or st.spent < tonumber(lowest) then return end
+  local fired = tonumber(st.fired)
   for ppm, nano in string.gmatch(b.alerts, '(%d+):(%d+)') do
+    if st.spent < tonumber(nano) then break end
     ppm = tonumber(ppm)
-    if ppm > st.fired and st.spent >= tonumber(nano) then
-      st.fired = ppm
+    if ppm > fired then
+      fired, st.fired = ppm, string.format('%d', ppm)
       local spent, limit = string.format('%d', st.spent), string.format('%d', b.limit)
       out.alerts[#out.alerts + 1] = { scope.j, ppm, spent, limit, st.label }
       redis.call('XADD', scope.alerts, 'MAXLEN', '~', 1000, '*', 'scope', scope.name,

@@ -17,8 +17,9 @@
 --   alerts ("ppm:nano,ppm:nano" ascending, "" for none),
 --   alert channel (where lib/alerts.lua publishes; "" = do not publish),
 --   the budget period the client takes to hold now: start, end
---   (microseconds) and label, the same for the calendar day of the spend
---   counters, ledger retention: maxlen (entries, 0 = none), max_age_ms
+--   (microseconds) and label, then from, to: the span (microseconds) where
+--   both that period and the calendar day of the spend counters hold, and
+--   that day's label, ledger retention: maxlen (entries, 0 = none), max_age_ms
 --   (0 = none), floor: the spend this client has seen in that period
 --   (nano-dollars; lib/budget.lua), and count_days: 1 when the spend
 --   counters' days fall inside the budget's periods (same time zone).
@@ -42,22 +43,28 @@ local function notes(alerts, events)
   return { alerts, events }
 end
 
--- The scopes of the call: ARGV from `at`, their keys from KEYS[k].
+-- The scopes of the call: ARGV from `at`, their keys from KEYS[k]. A rate's
+-- setting is read by lib/rates.lua read_rates, which every script that uses
+-- a bucket calls first. A budget keeps the texts it only passes on (period
+-- bounds, labels, retention) as they came.
 local function read_scopes(at, k)
   local scopes = {}
   local count = tonumber(ARGV[at])
   at = at + 1
   for j = 1, count do
-    local scope = { j = j, name = ARGV[at], rates_key = KEYS[k], rates = {}, by_name = {} }
+    local rates, by_name = {}, {}
+    -- jt: j as text, for the keys and replies that name it (a number's
+    -- conversion to text costs more than the rest of such a key).
+    local jt = j < 10 and string.sub('123456789', j, j) or string.format('%d', j)
+    local scope = { j = j, jt = jt, name = ARGV[at],
+      rates_key = KEYS[k], rates = rates, by_name = by_name }
     k = k + 1
     local nr = tonumber(ARGV[at + 1])
     at = at + 2
     for i = 1, nr do
-      local cfg = ARGV[at + 1]
-      local cap, num, den = string.match(cfg, '^(%d+):(%d+):(%d+)$')
-      local d = { name = ARGV[at], cfg = cfg, cap = tonumber(cap), num = tonumber(num),
-        den = tonumber(den), amount = tonumber(ARGV[at + 2]) }
-      scope.rates[i], scope.by_name[d.name] = d, d
+      local d = { name = ARGV[at], cfg = ARGV[at + 1], amount = tonumber(ARGV[at + 2]),
+        text = ARGV[at + 2], cap = 0, num = 0, den = 0 }
+      rates[i], by_name[d.name] = d, d
       at = at + 3
     end
     at = at + 1
@@ -65,14 +72,14 @@ local function read_scopes(at, k)
       scope.budget_key, scope.ledger, scope.spend, scope.alerts = KEYS[k], KEYS[k + 1],
         KEYS[k + 2], KEYS[k + 3]
       k = k + 4
-      local b = { name = ARGV[at], limit = tonumber(ARGV[at + 1]), amount = tonumber(ARGV[at + 2]),
-        alerts = ARGV[at + 3], channel = ARGV[at + 4],
-        period = { tonumber(ARGV[at + 5]), tonumber(ARGV[at + 6]), ARGV[at + 7] },
-        day = { tonumber(ARGV[at + 8]), tonumber(ARGV[at + 9]), ARGV[at + 10] },
-        maxlen = tonumber(ARGV[at + 11]), max_age_ms = tonumber(ARGV[at + 12]),
+      scope.budget = { name = ARGV[at], limit = tonumber(ARGV[at + 1]), limit_s = ARGV[at + 1],
+        amount = tonumber(ARGV[at + 2]), text = ARGV[at + 2], alerts = ARGV[at + 3],
+        channel = ARGV[at + 4], start_s = ARGV[at + 5], stop_s = ARGV[at + 6],
+        label = ARGV[at + 7], from = tonumber(ARGV[at + 8]), to = tonumber(ARGV[at + 9]),
+        day = ARGV[at + 10],
+        maxlen = ARGV[at + 11], max_age_ms = ARGV[at + 12],
         floor = tonumber(ARGV[at + 13]), count_days = ARGV[at + 14] == '1' }
       at = at + 15
-      scope.budget = b
     end
     scopes[j] = scope
   end

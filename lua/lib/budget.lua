@@ -16,14 +16,13 @@
 -- known: the floor, or, when the key is missing, the period's spend counters
 -- if they survived. A "restored" event tells the client to log it.
 
--- Whether every budget's period and day sent ({start, end, label}) hold
--- `now`: checked before a script writes anything, so that a client whose
--- clock is off (status -2) changes nothing at all.
+-- Whether every budget's period and day sent hold `now` (it lies in the span
+-- where both do): checked before a script writes anything, so that a client
+-- whose clock is off (status -2) changes nothing at all.
 local function periods_hold(scopes, now)
   for _, scope in ipairs(scopes) do
     local b = scope.budget
-    if b and not (b.period[1] <= now and now < b.period[2] and b.day[1] <= now and now < b.day[2])
-    then
+    if b and not (b.from <= now and now < b.to) then
       return false
     end
   end
@@ -44,26 +43,25 @@ local function counted_spend(scope, label)
 end
 
 -- A budget's state for the period sent (which the caller has checked holds
--- now, lib/budget.lua periods_hold).
+-- now, lib/budget.lua periods_hold). What is only passed on is kept as text.
 local function load_budget(scope, now, events)
   local b = scope.budget
-  local start, stop, label = b.period[1], b.period[2], b.period[3]
   local raw = redis.call('GET', scope.budget_key)
-  local st = { start = start, stop = stop, label = label, spent = 0, reserved = 0, fired = 0,
-    lost = 0 }
+  local st = { spent = 0, reserved = 0, fired = '0', lost = '0', label = b.label }
   local floor = b.floor
   if raw then
     local p, spent, reserved, fired, lost = string.match(raw,
       '^(%d+) %d+ (%d+) (%d+) (%d+) %d+ %S+ ?(%d*)')
-    st.reserved, st.lost = tonumber(reserved), tonumber(lost) or 0
-    if tonumber(p) == start then st.spent, st.fired = tonumber(spent), tonumber(fired) end
+    st.reserved = tonumber(reserved)
+    if lost ~= '' then st.lost = lost end
+    if p == b.start_s then st.spent, st.fired = tonumber(spent), fired end
   elseif b.count_days then
-    floor = math.max(floor, counted_spend(scope, label))
+    floor = math.max(floor, counted_spend(scope, b.label))
   end
   if st.spent < floor then
     events[#events + 1] = { 'restored', scope.j, string.format('%d', st.spent),
       string.format('%d', floor) }
-    st.spent, st.lost = floor, now
+    st.spent, st.lost = floor, string.format('%d', now)
   end
   b.st = st
   return st
@@ -71,8 +69,9 @@ end
 
 local function save_budget(scope)
   local b, st = scope.budget, scope.budget.st
-  redis.call('SET', scope.budget_key, string.format('%d %d %d %d %d %d %s %d', st.start, st.stop,
-    st.spent, st.reserved, st.fired, b.limit, st.label, st.lost))
+  redis.call('SET', scope.budget_key, b.start_s .. ' ' .. b.stop_s .. ' ' ..
+    string.format('%d %d ', st.spent, st.reserved) .. st.fired .. ' ' .. b.limit_s .. ' ' ..
+    b.label .. ' ' .. st.lost)
 end
 
 -- {{j, period label, spent}, ...} for each budget this call loaded: the
@@ -94,7 +93,7 @@ local function compact_reply(head, scopes)
   local parts = { head }
   for _, scope in ipairs(scopes) do
     local st = scope.budget and scope.budget.st
-    if st then parts[#parts + 1] = string.format('%d %s %d', scope.j, st.label, st.spent) end
+    if st then parts[#parts + 1] = scope.jt .. ' ' .. st.label .. string.format(' %d', st.spent) end
   end
   return table.concat(parts, ' ')
 end

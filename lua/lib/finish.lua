@@ -10,15 +10,18 @@
 local function finish_permit(scopes, id, rec, actual, kind, model, tokens, tags, now, out)
   for _, scope in ipairs(scopes) do
     for _, d in ipairs(scope.rates) do
-      local reserved = rec.amounts[scope.j .. ':' .. d.name] or 0
-      local back = reserved - actual(d, reserved)
-      if back ~= 0 and credit(d, back, rec.admit, now) then scope.changed = true end
+      -- A dimension settled as reserved (amount -1) gets nothing back.
+      if d.amount >= 0 then
+        local reserved = record_amount(rec, scope.jt .. ':' .. d.name) or 0
+        local back = reserved - actual(d, reserved)
+        if back ~= 0 and credit(d, back, rec.admit, now) then scope.changed = true end
+      end
     end
     local b = scope.budget
-    local key = b and (scope.j .. ':$' .. b.name)
-    if b and rec.amounts[key] then
+    local key = b and (scope.jt .. ':$' .. b.name)
+    local reserved = b and record_amount(rec, key)
+    if reserved then
       load_budget(scope, now, out.events)
-      local reserved = rec.amounts[key]
       local cost = actual(b, reserved)
       b.st.reserved = math.max(0, b.st.reserved - reserved)
       b.st.spent = b.st.spent + cost

@@ -29,7 +29,7 @@ local function lower_to(scopes, figures, now)
   for key, micro in string.gmatch(figures, '(%d+:[%w_]+):(%d+)') do left[key] = tonumber(micro) end
   for _, scope in ipairs(scopes) do
     for _, d in ipairs(scope.rates) do
-      local figure = left[scope.j .. ':' .. d.name]
+      local figure = left[scope.jt .. ':' .. d.name]
       if figure and lower_bucket(d, figure, 0, now) then changed[scope.j] = true end
     end
   end

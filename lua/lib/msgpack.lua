@@ -11,22 +11,15 @@ local function mp_str(v)
     math.floor(n / 256) % 256, n % 256) .. v
 end
 
+-- A positive fixint below 128, else a uint 64 (as the client's readers have
+-- always been given), its two 32-bit halves split with four divisions.
 local function mp_uint(x)
   if x < 128 then return string.char(x) end
-  local bytes = {}
-  for i = 8, 1, -1 do
-    bytes[i] = x % 256
-    x = math.floor(x / 256)
-  end
-  return string.char(0xcf, unpack(bytes))
-end
-
--- A map from a flat list key1, encoded1, key2, encoded2, ... (at most 15 pairs).
-local function mp_map(kv)
-  local out = { string.char(0x80 + #kv / 2) }
-  for i = 1, #kv, 2 do
-    out[#out + 1] = mp_str(kv[i])
-    out[#out + 1] = kv[i + 1]
-  end
-  return table.concat(out)
+  local floor = math.floor
+  local hi = floor(x / 4294967296)
+  local lo = x - hi * 4294967296
+  local h1, l1 = floor(hi / 16777216), floor(lo / 16777216)
+  local h2, l2 = floor(hi / 65536) % 256, floor(lo / 65536) % 256
+  local h3, l3 = floor(hi / 256) % 256, floor(lo / 256) % 256
+  return string.char(0xcf, h1, h2, h3, hi % 256, l1, l2, l3, lo % 256)
 end

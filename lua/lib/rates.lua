@@ -46,6 +46,10 @@ end
 -- Read the scope's buckets into its dimensions (lib/bucket.lua), with the
 -- setting that applies now.
 local function read_rates(scope, now, events)
+  for _, d in ipairs(scope.rates) do
+    local cap, num, den = string.match(d.cfg, '^(%d+):(%d+):(%d+)$')
+    d.cap, d.num, d.den = tonumber(cap), tonumber(num), tonumber(den)
+  end
   local raw = redis.call('GET', scope.rates_key)
   local found = 0
   if raw then

@@ -8,6 +8,7 @@ numbers here, so a bad value gets the same typed error wherever it enters.
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal, InvalidOperation, localcontext
 from fractions import Fraction
 
@@ -61,8 +62,28 @@ def positive(value: object, what: str) -> Decimal:
     return number
 
 
+#: A plain decimal number short enough for integer arithmetic: the common
+#: "0.003" of a price, and the repr of most floats.
+_PLAIN = re.compile(r"\s*(\d{1,18})(?:\.(\d{1,18}))?\s*")
+
+
 def scaled(value: object, what: str, scale: int, *, strings: bool = False) -> int:
     """A non-negative amount as an integer count of 1/scale units, rounded up."""
+    if isinstance(value, int) and type(value) is not bool and 0 <= value < 2**63:
+        return value * scale
+    plain = None
+    if isinstance(value, str) and strings:
+        plain = _PLAIN.fullmatch(value)
+    elif type(value) is float:
+        plain = _PLAIN.fullmatch(repr(value))
+    if plain is not None:
+        # The same exact ceiling as below, in integers (a tenth of the time).
+        whole, fraction = plain.groups()
+        if fraction is None:
+            return int(whole) * scale
+        tens: int = 10 ** len(fraction)
+        digits, rest = divmod(int(fraction) * scale, tens)
+        return int(whole) * scale + digits + (rest > 0)
     number = exact(value, what, strings=strings)
     if number < 0:
         raise InvalidArgument(f"{what} must not be negative, got {value!r}")

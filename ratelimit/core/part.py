@@ -99,9 +99,53 @@ class Part:
             for at, name in slots:
                 args[at] = amounts.get(name, 0)
             return args
-        args = [len(self.scopes)]
+        kept = self._kept[0]
+        if kept is None or not kept.valid_from <= instant_us < kept.valid_to:
+            kept = self._kept[0] = self._template(instant_us)
+        return kept.fill(amounts, floors or {})
+
+    @cached_property
+    def _kept(self) -> list[_Template | None]:
+        """The budgeted block of the latest period sent (most calls fall in it again)."""
+        return [None]
+
+    def _template(self, instant_us: int) -> _Template:
+        args: list[ScriptArg] = [len(self.scopes)]
+        amounts: list[tuple[int, str]] = []
+        floors: list[tuple[int, str, str]] = []
+        valid_from, valid_to = -(2**63), 2**63
         for scope in self.scopes:
-            args += scope.block(amounts, instant_us, (floors or {}).get(scope.name))
+            t = scope.template(instant_us)
+            amounts += [(len(args) + at, name) for at, name in t.amounts]
+            if t.floor_at is not None:
+                floors.append((len(args) + t.floor_at, scope.name, t.label))
+            valid_from, valid_to = max(valid_from, t.valid_from), min(valid_to, t.valid_to)
+            args += t.args
+        return _Template(args, amounts, floors, valid_from, valid_to)
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A budgeted part's scope blocks with their amounts and floors left out,
+    valid while the instant sent lies in [valid_from, valid_to)."""
+
+    args: list[ScriptArg]
+    amounts: list[tuple[int, str]]
+    floors: list[tuple[int, str, str]]
+    """Where each budget's floor goes: (position, scope name, period label)."""
+    valid_from: int
+    valid_to: int
+
+    def fill(
+        self, amounts: Mapping[str, int], floors: Mapping[str, tuple[str, int]]
+    ) -> list[ScriptArg]:
+        args = self.args.copy()
+        for at, name in self.amounts:
+            args[at] = amounts.get(name, 0)
+        for at, scope, label in self.floors:
+            seen = floors.get(scope)
+            if seen is not None and seen[0] == label:
+                args[at] = seen[1]
         return args
 
 

@@ -42,6 +42,7 @@ from ratelimit.core.replies import (
     read_notes,
     read_state,
     timeout_error,
+    triples,
 )
 from ratelimit.core.results import (
     Alert,
@@ -64,6 +65,9 @@ log = logging.getLogger("ratelimit")
 
 #: Most reclaim batches one acquire runs before it books (64 permits each).
 RECLAIM_CALLS = 32
+
+#: A flow's first script call not sent yet (see Plan._call's ``first``).
+UNSENT: Any = object()
 
 
 class Plan(Dimensions):
@@ -94,6 +98,10 @@ class Plan(Dimensions):
         #: One part, without a budget: an acquire is one call of acquire_rates,
         #: which the shells make without a flow (:meth:`quick_call`).
         self.quick = len(self.parts) == 1 and self._lean == 1
+        #: One part, with a budget: an acquire and a settle that give amounts
+        #: only are one call each, which the shells make without a flow in
+        #: the common case (:meth:`quick_budget_call`).
+        self.quick_budgeted = len(self.parts) == 1 and not self._lean
         self._instant_us = 0
         self._instant_known = False
         #: The highest spend seen per budgeted scope, by period label: sent
@@ -120,12 +128,14 @@ class Plan(Dimensions):
         amounts: Mapping[str, int],
         tail: list[ScriptArg],
         clock_us: int,
+        first: Any = UNSENT,
     ) -> Flow[tuple[list[Any], list[Alert]]]:
         """One script call, and the alerts it reported. Its events are reported.
 
         Sent again when its budget periods missed Redis time (status -2: once
         per period boundary or clock skew), and after reclaiming when permits
         whose lease ended hold reservations (status -3, acquire only).
+        ``first``: the reply of this call, already sent by the shell.
         """
         keys = part.keys()
         budgeted = part.budgeted
@@ -134,8 +144,11 @@ class Plan(Dimensions):
         reclaimed = False
         for _ in range(3):
             marks = [1 if reclaimed else 0] if script == "acquire" else []
-            args = [*head, *marks, *part.block(amounts, instant, self._floors), *tail]
-            reply = yield ScriptCall(script, keys, args)
+            if first is UNSENT:
+                args = [*head, *marks, *part.block(amounts, instant, self._floors), *tail]
+                reply = yield ScriptCall(script, keys, args)
+            else:
+                reply, first = first, UNSENT
             reply = full_reply(script, reply)
             # Every reply starts {status, now_us, notes, ...}.
             alerts += read_notes(part, reply[2])
@@ -187,10 +200,15 @@ class Plan(Dimensions):
         tags: Mapping[str, object] | None,
         clock_us: int,
         make: PermitFactory = PermitData,
+        nonce: str | None = None,
+        first: Any = UNSENT,
     ) -> Flow[Booking]:
         """Book one admission across every part; the shell sleeps ``permit.wait_s`` after.
 
-        ``make`` builds the permit (the shell's own class).
+        ``make`` builds the permit (the shell's own class). After a
+        :meth:`quick_budget_call`, ``nonce`` is its permit's and ``first`` its
+        reply (UNSENT when it failed: it is sent again, and a permit id Redis
+        has already booked returns that booking).
         """
         amounts = self.amounts(costs, acquire=True)
         max_wait_us = wait_bound_us(timeout_s)
@@ -199,7 +217,7 @@ class Plan(Dimensions):
             ledger_tail = acquire_record(self.rate_names, costs, model, tags)
         elif model is not None or tags is not None:
             validate_model(model), pack_tags(tags)  # labels nothing, but bad input is refused
-        nonce = new_nonce()
+        nonce = nonce or new_nonce()
         reserved = tuple(amounts[d] for d in self.rate_order)
         admits: list[int] = []  # per lean part: its admission time
         done: list[Part] = []
@@ -219,6 +237,7 @@ class Plan(Dimensions):
                         amounts=amounts,
                         tail=ledger_tail,
                         clock_us=clock_us,
+                        first=first,
                     )
                     self._see(part, reply[4] if int(reply[0]) >= 0 else [])
                 else:
@@ -314,6 +333,73 @@ class Plan(Dimensions):
             budget_names=self.budget_names,
         )
 
+    def quick_budget_call(
+        self,
+        costs: Mapping[str, object],
+        timeout_s: object,
+        *,
+        model: object,
+        tags: Mapping[str, object] | None,
+        clock_us: int,
+    ) -> tuple[str, dict[str, int], ScriptCall]:
+        """A :attr:`quick_budgeted` plan's acquire: its nonce, amounts and call.
+
+        The shell sends it and reads the reply with :meth:`quick_booking`;
+        any other outcome (a wait, a refusal, something to report, a Redis
+        error) goes to :meth:`acquire` with the same nonce, which reads that
+        reply (or sends the call again: the permit id makes it count once).
+        """
+        amounts = self.amounts(costs, acquire=True)
+        tail = acquire_record(self.rate_names, costs, model, tags)
+        nonce = new_nonce()
+        pid = PermitRef(nonce, (), tuple(amounts[d] for d in self.rate_order)).encode()
+        part = self.parts[0]
+        block = part.block(amounts, self._estimate(clock_us), self._floors)
+        args = [pid, wait_bound_us(timeout_s), self.lease_us, 0, *block, *tail]
+        return nonce, amounts, ScriptCall("acquire", part.keys(), args)
+
+    def quick_booking(
+        self, call: ScriptCall, reply: Any, amounts: dict[str, int], make: PermitFactory
+    ) -> PermitData | None:
+        """The permit of a :meth:`quick_budget_call` admitted with nothing to
+        report (the compact reply, lua/lib/budget.lua); None otherwise."""
+        if isinstance(reply, list):
+            return None
+        fields = text(reply).split()
+        now, wait = int(fields[0]), int(fields[1])
+        self._observe(now)
+        self._see(self.parts[0], triples(fields[2:]))
+        return make(
+            str(call.args[0]),
+            amounts,
+            wait_s=wait / MICRO,
+            admitted_at_us=now + wait,
+            backed=True,
+            budget_names=self.budget_names,
+        )
+
+    def quick_settle_call(
+        self, permit_id: object, actual: Mapping[str, object], *, clock_us: int
+    ) -> ScriptCall:
+        """A :attr:`quick_budgeted` plan's settle of amounts only (no labels, no
+        provider figures); read the reply with :meth:`quick_settlement`, and
+        pass any other to :meth:`settle` as ``first``."""
+        pid = validate_name(permit_id, "permit id")
+        amounts = self.amounts(actual, acquire=False)
+        part = self.parts[0]
+        block = part.block(amounts, self._estimate(clock_us), self._floors)
+        return ScriptCall("settle", part.keys(), [pid, *block, "", b"", b"", "settled", ""])
+
+    def quick_settlement(self, reply: Any) -> Settlement | None:
+        """The outcome of a :meth:`quick_settle_call` settled with nothing to
+        report (the compact reply); None otherwise."""
+        if isinstance(reply, list):
+            return None
+        fields = text(reply).split()
+        self._observe(int(fields[0]))
+        self._see(self.parts[0], triples(fields[1:]))
+        return Settlement("settled")
+
     def _unavailable(
         self, exc: RedisUnavailable, ref: PermitRef, done: list[Part]
     ) -> Flow[AcquireTimeout | None]:
@@ -373,11 +459,13 @@ class Plan(Dimensions):
         pricer: Callable[[], UsagePricer],
         clock_us: int,
         remaining: Mapping[str, object] | None = None,
+        first: Any = UNSENT,
     ) -> Flow[Settlement]:
         """Settle in every part: given dimensions at their actual cost, others as reserved.
 
         ``remaining`` (units per rate dimension, what the provider reports is
         left) then brings those buckets down to it in the same script call.
+        ``first``: the reply of a :meth:`quick_settle_call` of these amounts.
         """
         ref = self._ref(permit_id)
         pid = str(permit_id)
@@ -398,7 +486,7 @@ class Plan(Dimensions):
         amounts = self.amounts(values, acquire=False)
         return (
             yield from self._finish(
-                ref, pid, amounts, ledger_tail, clock_us=clock_us, remaining=left
+                ref, pid, amounts, ledger_tail, clock_us=clock_us, remaining=left, first=first
             )
         )
 
@@ -429,6 +517,7 @@ class Plan(Dimensions):
         *,
         clock_us: int,
         remaining: Mapping[str, int],
+        first: Any = UNSENT,
     ) -> Flow[Settlement]:
         applied = False
         overshoot: dict[str, Decimal] = {}
@@ -437,7 +526,7 @@ class Plan(Dimensions):
             figures = self._figures(part, remaining)
             reply, noted = yield from self._end(
                 part, ref, pid, amounts, ledger_tail=ledger_tail, figures=figures,
-                clock_us=clock_us,
+                clock_us=clock_us, first=first,
             )  # fmt: skip
             applied = applied or int(reply[0]) == 1
             alerts += noted
@@ -457,6 +546,7 @@ class Plan(Dimensions):
         ledger_tail: LedgerTail,
         figures: str,
         clock_us: int,
+        first: Any = UNSENT,
     ) -> Flow[tuple[list[Any], list[Alert]]]:
         """One part's settle (or cancel: all amounts 0), and the alerts it reported."""
         if part.budgeted:
@@ -467,6 +557,7 @@ class Plan(Dimensions):
                 amounts=amounts,
                 tail=[*ledger_tail, figures],
                 clock_us=clock_us,
+                first=first,
             )
             self._see(part, reply[4] if int(reply[0]) >= 0 else [])
             return reply, alerts

@@ -44,11 +44,12 @@ def full_reply(script: str, reply: Any) -> list[Any]:
         return [1, reply, None, 0]
     fields = text(reply).split()
     if script == "acquire":
-        return [1, int(fields[0]), None, int(fields[1]), _triples(fields[2:])]
-    return [1, int(fields[0]), None, [], _triples(fields[1:])]
+        return [1, int(fields[0]), None, int(fields[1]), triples(fields[2:])]
+    return [1, int(fields[0]), None, [], triples(fields[1:])]
 
 
-def _triples(fields: list[str]) -> list[list[str]]:
+def triples(fields: list[str]) -> list[list[str]]:
+    """The spend seen per budget, ``[j, label, spent]`` each, of a compact reply's fields."""
     return [fields[i : i + 3] for i in range(0, len(fields), 3)]
 
 

@@ -148,29 +148,49 @@ class ScopeSpec:
         """The scope's Redis keys."""
         return ScopeKeys(self.name, self.slot)
 
-    def block(
-        self, amounts: Mapping[str, int], instant_us: int, floor: tuple[str, int] | None
-    ) -> list[ScriptArg]:
-        """This scope's part of a script's ARGV (see lua/lib/args.lua).
-
-        ``floor`` is the highest spend (nano-dollars) this process has seen in
-        the budget period it labels; it is sent when that is the period
-        around ``instant_us``.
-        """
+    def template(self, instant_us: int) -> BlockTemplate:
+        """This scope's part of a script's ARGV (see lua/lib/args.lua), for
+        the budget period around ``instant_us``, with its amounts and its floor
+        left to fill in (:meth:`BlockTemplate.fill`)."""
         args: list[ScriptArg] = [self.name, len(self.rates)]
+        amounts: list[tuple[int, str]] = []
         for d in self.rates:
-            args += [d.name, d.setting, amounts.get(d.name, 0)]
+            args += [d.name, d.setting]
+            amounts.append((len(args), d.name))
+            args.append(0)
         b = self.budget
         if b is None:
-            return [*args, 0]
+            return BlockTemplate([*args, 0], amounts, None, "", -(2**63), 2**63)
         start, end, label = period_holding(instant_us, b.budget.zone, b.budget.per)
         day_start, day_end, day = period_holding(instant_us, self.day_zone, "day")
         retention = self.retention
         max_age_ms = 0 if retention.max_age_s is None else math.ceil(retention.max_age_s * 1000)
         same_days = 1 if self.day_zone.key == b.budget.zone.key else 0
-        seen = floor[1] if floor is not None and floor[0] == label else 0
-        return [
-            *args, 1, b.name, b.limit_nano, amounts.get(b.name, 0), b.thresholds, ALERT_CHANNEL,
-            start, end, label, day_start, day_end, day, retention.maxlen, max_age_ms,
-            seen, same_days,
+        args += [1, b.name, b.limit_nano]
+        amounts.append((len(args), b.name))
+        valid_from, valid_to = max(start, day_start), min(end, day_end)
+        args += [
+            0, b.thresholds, ALERT_CHANNEL, start, end, label, valid_from, valid_to, day,
+            retention.maxlen, max_age_ms, 0, same_days,
         ]  # fmt: skip
+        floor_at = len(args) - 2
+        return BlockTemplate(args, amounts, floor_at, label, valid_from, valid_to)
+
+
+@dataclass(frozen=True)
+class BlockTemplate:
+    """A scope's block of a script's ARGV with its amounts and floor left out.
+
+    Valid while the instant sent lies in [``valid_from``, ``valid_to``): the
+    budget's period and day are the same throughout.
+    """
+
+    args: list[ScriptArg]
+    amounts: list[tuple[int, str]]
+    """Where each dimension's amount goes."""
+    floor_at: int | None
+    """Where the budget's floor goes (None: no budget)."""
+    label: str
+    """The budget period the floor must have been seen in."""
+    valid_from: int
+    valid_to: int
