@@ -35,7 +35,7 @@ from ratelimit.checks import Verdict
 from ratelimit.core.base import AlertCallback, LimiterBase, clock_us
 from ratelimit.core.calls import Flow, ScriptCall
 from ratelimit.core.entries import UsagePricer
-from ratelimit.core.plan import log
+from ratelimit.core.plan import UNSENT, log
 from ratelimit.core.results import Alert, Booking, LimiterState, PermitData, Settlement
 from ratelimit.core.scope import DEFAULT_LEASE_S, OnRedisError
 from ratelimit.core.settings import Retention
@@ -220,10 +220,33 @@ class _Shell(LimiterBase):
                     booking = Booking(result, None, ())
                 metrics.booked(plan.scopes, booking)
                 return booking
+        nonce, first = None, UNSENT
+        if plan.quick_budgeted:
+            nonce, amounts, call = plan.quick_budget_call(
+                costs, timeout_s, model=model, tags=tags, clock_us=clock_us()
+            )  # bad input raises here
+            await self._checked()
+            try:
+                first = await self._run("acquire", call.keys, call.args)
+            except redis.exceptions.RedisError:
+                pass  # the flow below sends it again, and applies on_redis_error
+            else:
+                permit = plan.quick_booking(call, first, amounts, self._permit)
+                if permit is not None:
+                    booking = Booking(permit, None, ())
+                    metrics.booked(plan.scopes, booking)
+                    return booking
         await self._checked()
         booking = await self._drive(
             plan.acquire(
-                costs, timeout_s, model=model, tags=tags, clock_us=clock_us(), make=self._permit
+                costs,
+                timeout_s,
+                model=model,
+                tags=tags,
+                clock_us=clock_us(),
+                make=self._permit,
+                nonce=nonce,
+                first=first,
             )
         )
         metrics.booked(plan.scopes, booking)
@@ -277,8 +300,25 @@ class _Shell(LimiterBase):
         **actual: Any,
     ) -> Settlement:
         """See :meth:`ratelimit.Limiter.settle`."""
+        plan, first = self._plan, UNSENT
+        if (
+            plan.quick_budgeted
+            and model is None
+            and tags is None
+            and usage is None
+            and not remaining
+        ):
+            call = plan.quick_settle_call(permit_id, actual, clock_us=clock_us())
+            try:
+                first = await self._run("settle", call.keys, call.args)
+            except redis.exceptions.RedisError:
+                pass  # the flow below sends it again (a permit settles once)
+            else:
+                settled = plan.quick_settlement(first)
+                if settled is not None:
+                    return settled
         settlement = await self._drive(
-            self._plan.settle(
+            plan.settle(
                 permit_id,
                 actual,
                 model=model,
@@ -287,6 +327,7 @@ class _Shell(LimiterBase):
                 pricer=self._pricing,
                 clock_us=clock_us(),
                 remaining=remaining,
+                first=first,
             )
         )
         await self._deliver(settlement.alerts)

@@ -749,6 +749,23 @@ def test_a_budgeted_acquire_and_settle_are_one_script_call_each(
     assert budget_of(limiter) == (Decimal("3.5"), Decimal(0))
 
 
+async def test_an_async_budgeted_acquire_and_settle_are_one_script_call_each(
+    r: redis.Redis, ar: redis.asyncio.Redis
+) -> None:
+    seen: list[Alert] = []
+    budget = Budget("5", tz=PARIS, alerts=(0.5, 0.8, 1.0))
+    limiter = ratelimit.asyncio.Limiter(ar, "one-call", usd=budget, on_alert=seen.append)
+    await (await limiter.acquire(usd="1")).settle(usd="1")  # after the deployment check
+    r.config_resetstat()
+    await (await limiter.acquire(usd="1")).settle(usd="2")  # $3 spent: the 50 % alert fires
+    with pytest.raises(BudgetExceeded):
+        await limiter.try_acquire(usd="3")  # $6 would pass the $5 limit
+    assert evalsha_calls(r) == 3
+    assert [a.threshold for a in seen] == [0.5]
+    state = (await limiter.state()).budget("usd")
+    assert (state.spent, state.reserved) == (Decimal(3), Decimal(0))
+
+
 def test_an_admission_that_states_no_cost_for_the_budget_is_refused(r: redis.Redis) -> None:
     """A budget that is not told the cost guards nothing: say usd=... (or usd=0)."""
     limiter = team(r)

@@ -41,6 +41,10 @@ LedgerTail = list[ScriptArg]
 CANCELLED: LedgerTail = ["", b"", b"", "cancelled"]
 
 
+#: An empty map, msgpack-encoded.
+EMPTY_MAP = b"\x80"
+
+
 def pack_tokens(tokens: Mapping[str, int | str]) -> bytes:
     """A ledger entry's tokens by kind, msgpack-encoded."""
     packed: bytes = msgpack.packb(dict(tokens))
@@ -86,6 +90,8 @@ def acquire_record(
     tags: Mapping[str, object] | None,
 ) -> LedgerTail:
     """What an acquire keeps for the ledger: model, reserved tokens and tags."""
+    if tags is None and rate_names.isdisjoint(costs):
+        return [validate_model(model), EMPTY_MAP, EMPTY_MAP]  # most acquires: a cost in USD
     tokens = {k: token_value(v) for k, v in costs.items() if k in rate_names}
     return [validate_model(model), pack_tokens(tokens), pack_tags(tags) or pack_tags({})]
 
