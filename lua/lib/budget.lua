@@ -90,10 +90,9 @@ end
 -- ..." with seen_spend's figures; a single string is much less to build, send
 -- and parse than nested tables.
 local function compact_reply(head, scopes)
-  local parts = { head }
   for _, scope in ipairs(scopes) do
     local st = scope.budget and scope.budget.st
-    if st then parts[#parts + 1] = scope.jt .. ' ' .. st.label .. string.format(' %d', st.spent) end
+    if st then head = head .. ' ' .. scope.jt .. ' ' .. st.label .. string.format(' %d', st.spent) end
   end
-  return table.concat(parts, ' ')
+  return head
 end

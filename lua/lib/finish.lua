@@ -26,7 +26,8 @@ local function finish_permit(scopes, id, rec, actual, kind, model, tokens, tags,
       b.st.reserved = math.max(0, b.st.reserved - reserved)
       b.st.spent = b.st.spent + cost
       if cost > reserved then out.overshoots[#out.overshoots + 1] = { scope.j, cost - reserved } end
-      record_spend(scope, now, id, kind, cost, model, tokens, tags)
+      record_spend(scope, now, id, kind, cost, cost == b.amount and b.text or nil, model, tokens,
+        tags)
       check_alerts(scope, now, out)
       save_budget(scope)
     end

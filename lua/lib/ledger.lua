@@ -31,11 +31,12 @@ local function ledger_record(scope, now, id, kind, day, model, cost, saved, toke
 end
 
 -- One ledger entry and the matching spend counter, written together so the
--- sum of a day's entries always equals the day's counter.
-local function record_spend(scope, now, id, kind, cost, model, tokens, tags)
+-- sum of a day's entries always equals the day's counter. `cost_text`: the
+-- cost as text when the caller has it (else nil).
+local function record_spend(scope, now, id, kind, cost, cost_text, model, tokens, tags)
   local day = scope.budget.day
   -- The counter first: a script is not rolled back, so whatever could fail
   -- goes before the entry that must match it.
-  redis.call('HINCRBY', scope.spend, day .. '|' .. model, string.format('%d', cost))
+  redis.call('HINCRBY', scope.spend, day .. '|' .. model, cost_text or string.format('%d', cost))
   ledger_append(scope, now, ledger_record(scope, now, id, kind, day, model, cost, 0, tokens, tags))
 end
