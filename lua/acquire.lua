@@ -36,7 +36,7 @@ local reclaimed = ARGV[4] == '1'
 local scopes, at = read_scopes(5, 3)
 local model, tokens, tags = ARGV[at], ARGV[at + 1], ARGV[at + 2]
 local now, now_text = now_us_text()
-local out = { alerts = {}, overshoots = {}, events = {} }
+local alerts, events = {}, {}
 
 local booked = redis.call('HGET', PERMITS, id)
 if booked then
@@ -48,14 +48,14 @@ then
   return { -3, now, false }
 end
 
-for _, scope in ipairs(scopes) do read_rates(scope, now, out.events) end
+for _, scope in ipairs(scopes) do read_rates(scope, now, events) end
 local admit = admission_time(scopes, now)
 for _, scope in ipairs(scopes) do
   local b = scope.budget
   if b then
-    local st = load_budget(scope, now, out.events)
+    local st = load_budget(scope, now, events)
     if b.amount > 0 and st.spent + st.reserved + b.amount > b.limit then
-      return { -1, now, notes(out.alerts, out.events), scope.j, string.format('%d', st.spent),
+      return { -1, now, notes(alerts, events), scope.j, string.format('%d', st.spent),
         string.format('%d', st.reserved), string.format('%d', b.limit),
         b.stop_s }
     end
@@ -63,7 +63,7 @@ for _, scope in ipairs(scopes) do
 end
 local wait, retry_after = wait_until(admit, now, max_wait)
 if not wait then
-  return { 0, now, notes(out.alerts, out.events), retry_after, seen_spend(scopes) }
+  return { 0, now, notes(alerts, events), retry_after, seen_spend(scopes) }
 end
 
 local parts = {}
@@ -82,7 +82,7 @@ end
 redis.call('HSET', PERMITS, id, encode_record(admit == now and now_text or string.format('%d', admit),
   parts, model, tokens, tags))
 redis.call('ZADD', LEASES, admit + lease, id)
-local noted = notes(out.alerts, out.events)
+local noted = notes(alerts, events)
 if not noted then
   return compact_reply(now_text .. ' ' .. (wait == 0 and '0' or string.format('%d', wait)), scopes)
 end

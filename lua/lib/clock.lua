@@ -10,5 +10,7 @@ end
 -- The same, and as text (what string.format('%d') would write, for less).
 local function now_us_text()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2]), t[1] .. string.sub('00000' .. t[2], -6)
+  local micros = t[2]
+  if #micros < 6 then micros = string.sub('00000' .. micros, -6) end
+  return tonumber(t[1]) * 1000000 + tonumber(micros), t[1] .. micros
 end
