@@ -5,8 +5,10 @@
 -- client's msgpack blobs, split by the length of the first). encode_record
 -- takes admit_us as text.
 local function encode_record(admit, parts, model, tokens, tags)
+  local n = #tokens -- mostly one byte, an empty map: no number to format then
+  n = n < 10 and string.sub('0123456789', n + 1, n + 1) or string.format('%d', n)
   return admit .. '\n' .. table.concat(parts, ' ') .. '\n' .. model ..
-    '\n' .. #tokens .. '\n' .. tokens .. tags
+    '\n' .. n .. '\n' .. tokens .. tags
 end
 
 -- A permit record read back: its admission time, ledger labels and `parts`,
