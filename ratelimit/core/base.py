@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ratelimit.core.entries import UsagePricer
 from ratelimit.core.keys import ALERT_CHANNEL
-from ratelimit.core.plan import Plan
+from ratelimit.core.quick import QuickPlan
 from ratelimit.core.results import Alert
 from ratelimit.core.scope import ScopeSpec
 from ratelimit.core.settings import Rate
@@ -33,7 +33,7 @@ class LimiterBase:
     """
 
     _scope: ScopeSpec
-    _plan: Plan
+    _plan: QuickPlan
     _alert_handlers: dict[str, AlertCallback | None]
     _pricer: UsagePricer | None
 
@@ -57,14 +57,14 @@ class LimiterBase:
             on_redis_error=on_redis_error,
             retention=retention,
         )
-        self._plan = Plan([self._scope])
+        self._plan = QuickPlan([self._scope])
         self._alert_handlers = {self._scope.name: on_alert}
         self._pricer = pricer
 
     def _configure_group(self, members: Sequence[LimiterBase]) -> None:
         if not members:
             raise InvalidArgument("a LimiterGroup needs at least one Limiter")
-        self._plan = Plan([member._scope for member in members])
+        self._plan = QuickPlan([member._scope for member in members])
         self._alert_handlers = {}
         for member in members:
             self._alert_handlers.update(member._alert_handlers)
